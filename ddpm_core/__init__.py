@@ -1,0 +1,51 @@
+"""ddpm_core: denoising diffusion models in PyTorch.
+
+Schedules (:class:`NoiseSchedule`), samplers (:class:`DDPMSampler`, :class:`DDIMSampler`),
+networks (:class:`UNet`, :class:`MLPDenoiser`), the generation loop (:func:`generate`), the
+trainer, data sets, safe checkpoints and rendering.
+
+Attributes are imported lazily, so ``import ddpm_core.checkpoint_header`` stays torch-free.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "NoiseSchedule": "ddpm_core.schedule",
+    "DDPMSampler": "ddpm_core.samplers",
+    "DDIMSampler": "ddpm_core.samplers",
+    "SamplerOutput": "ddpm_core.samplers",
+    "make_sampler": "ddpm_core.samplers",
+    "UNet": "ddpm_core.models",
+    "UNetConfig": "ddpm_core.models",
+    "MLPDenoiser": "ddpm_core.models",
+    "MLPConfig": "ddpm_core.models",
+    "generate": "ddpm_core.pipeline",
+    "GenerationCancelled": "ddpm_core.pipeline",
+    "StepInfo": "ddpm_core.pipeline",
+    "Trainer": "ddpm_core.training",
+    "TrainConfig": "ddpm_core.training",
+    "LoadedCheckpoint": "ddpm_core.checkpoint",
+    "load_checkpoint": "ddpm_core.checkpoint",
+    "save_checkpoint": "ddpm_core.checkpoint",
+    "CheckpointError": "ddpm_core.checkpoint_header",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ddpm_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

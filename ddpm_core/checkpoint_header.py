@@ -1,0 +1,104 @@
+"""Reading a checkpoint's header without torch.
+
+A ``.safetensors`` file starts with an 8-byte little-endian header length and a JSON header
+whose ``__metadata__`` holds string values. This module parses and validates that header with
+the standard library alone, so a process that must not import torch (the API) can list models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+FORMAT_NAME = "ddpm-service.checkpoint"
+FORMAT_VERSION = "1"
+JSON_FIELDS = ("model_config", "schedule", "class_names", "sample_shape", "training")
+REQUIRED_FIELDS = ("format", "format_version", "model_kind", "dataset", *JSON_FIELDS)
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, not a safetensors file, or not one of this project's."""
+
+
+def read_raw_header(path: str | Path) -> dict[str, Any]:
+    """The safetensors JSON header of ``path`` (tensor entries and ``__metadata__``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if prefix.startswith(_ZIP_MAGIC) or prefix[:1] == b"\x80":
+            raise CheckpointError(
+                f"{path} is a pickled torch file; only .safetensors checkpoints are loaded (pickle is never unpickled)"
+            )
+        if len(prefix) < 8:
+            raise CheckpointError(f"{path} is not a safetensors file (too short)")
+        (header_size,) = struct.unpack("<Q", prefix)
+        size = path.stat().st_size
+        if header_size < 2 or header_size > min(MAX_HEADER_BYTES, size - 8):
+            raise CheckpointError(f"{path} is not a safetensors file (bad header length)")
+        raw = handle.read(header_size)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path} is not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a safetensors file (header is not an object)")
+    return header
+
+
+def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
+    """The project metadata of a checkpoint, with JSON fields decoded, validated.
+
+    Keys: model_kind, model_config, schedule, class_names, sample_shape, dataset, training,
+    format, format_version, and ``parameter_count``.
+    """
+    header = read_raw_header(path)
+    metadata = header.get("__metadata__") or {}
+    if metadata.get("format") != FORMAT_NAME:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a ddpm-service checkpoint (no '{FORMAT_NAME}' metadata)"
+        )
+    missing = [name for name in REQUIRED_FIELDS if name not in metadata]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint metadata lacks {', '.join(missing)}")
+    if metadata["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {metadata['format_version']} is not supported "
+            f"(expected {FORMAT_VERSION})"
+        )
+    info: dict[str, Any] = dict(metadata)
+    for name in JSON_FIELDS:
+        try:
+            info[name] = json.loads(metadata[name])
+        except (TypeError, json.JSONDecodeError):
+            raise CheckpointError(f"{path}: checkpoint metadata field {name} is not valid JSON") from None
+    if not isinstance(info["class_names"], list) or not isinstance(info["sample_shape"], list):
+        raise CheckpointError(f"{path}: class_names and sample_shape must be lists")
+    info["parameter_count"] = sum(
+        _numel(entry.get("shape", []))
+        for key, entry in header.items()
+        if key != "__metadata__" and isinstance(entry, dict)
+    )
+    return info
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes: the identity of a checkpoint's weights."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _numel(shape: list[int]) -> int:
+    count = 1
+    for size in shape:
+        count *= int(size)
+    return count

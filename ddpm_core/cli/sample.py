@@ -1,0 +1,91 @@
+"""``ddpm sample``: draw samples from a checkpoint into PNG, GIF and NPY files."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ddpm_core.checkpoint import load_checkpoint
+from ddpm_core.cli import UsageError
+from ddpm_core.cli.common import resolve_device
+from ddpm_core.pipeline import generate
+from ddpm_core.render import FrameRecorder, ScatterRecorder, save_gif, save_grid, save_scatter
+from ddpm_core.samplers import make_sampler
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sample", help="sample from a checkpoint", description="Sample from a trained checkpoint."
+    )
+    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--digit", type=int, help="class to draw (default: unconditional)")
+    parser.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
+    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: all training steps)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0: deterministic)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the checkpoint's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--png", type=Path, help="write a PNG grid (a scatter plot for 2D points)")
+    parser.add_argument("--gif", type=Path, help="write a denoising GIF")
+    parser.add_argument("--npy", type=Path, help="write the samples as float32 .npy in [-1, 1]")
+    parser.add_argument("--device", default="auto")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not (args.png or args.gif or args.npy):
+        raise UsageError("nothing to write: give --png, --gif and/or --npy")
+    if args.n < 1:
+        raise UsageError("--n must be at least 1")
+    checkpoint = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    if args.digit is not None:
+        if checkpoint.num_classes == 0:
+            raise UsageError(f"{args.checkpoint} is an unconditional model: --digit is not allowed")
+        if not 0 <= args.digit < checkpoint.num_classes:
+            raise UsageError(
+                f"--digit {args.digit} is out of range: this model has classes 0 to {checkpoint.num_classes - 1}"
+            )
+    guidance = args.guidance if args.guidance is not None else float(checkpoint.training.get("default_guidance", 0.0))
+    if guidance < 0:
+        raise UsageError("--guidance must be >= 0")
+    options = {"eta": args.eta} if args.sampler == "ddim" else {}
+    sampler = make_sampler(args.sampler, checkpoint.schedule, args.steps, **options)
+    is_points = checkpoint.sample_shape == (2,)
+    recorder = None
+    if args.gif:
+        total = len(sampler.timesteps)
+        recorder = ScatterRecorder(total) if is_points else FrameRecorder(total)
+    labels = [args.digit] * args.n if args.digit is not None else None
+    started = time.perf_counter()
+    samples = generate(
+        checkpoint.model,
+        sampler,
+        sample_shape=checkpoint.sample_shape,
+        num_samples=args.n,
+        class_labels=labels,
+        guidance_scale=guidance,
+        seed=args.seed,
+        callback=recorder,
+    )
+    seconds = time.perf_counter() - started
+    logger.info(
+        "sampled %d in %.1f s (%d steps, %.1f ms/step)",
+        args.n,
+        seconds,
+        len(sampler.timesteps),
+        1000 * seconds / len(sampler.timesteps),
+    )
+    if args.png:
+        (save_scatter if is_points else save_grid)(samples, args.png)
+    if args.gif:
+        save_gif(recorder.frames, args.gif)
+    if args.npy:
+        args.npy.parent.mkdir(parents=True, exist_ok=True)
+        np.save(args.npy, samples.float().cpu().numpy().astype(np.float32))
+    return 0

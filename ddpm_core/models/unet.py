@@ -1,0 +1,253 @@
+"""A class-conditional U-Net that predicts the noise in x_t.
+
+The layout follows Ho et al. (2020) and improved-diffusion: a sinusoidal time embedding,
+residual blocks with GroupNorm and SiLU conditioned on time and class (scale-shift norm),
+self-attention at chosen resolutions, and skip connections between the down and up paths.
+
+The network never sees the noise schedule: it takes x_t, the integer timestep and a class
+label, and returns a tensor of x_t's shape.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Everything needed to rebuild a :class:`UNet`; stored in checkpoints as JSON.
+
+    ``num_classes`` > 0 makes the model class-conditional with one extra *null* label
+    (index ``num_classes``) for classifier-free guidance; 0 makes it unconditional.
+    """
+
+    image_size: int = 28
+    in_channels: int = 1
+    base_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (7,)
+    num_heads: int = 4
+    dropout: float = 0.1
+    num_classes: int = 10
+    norm_groups: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
+        if self.image_size < 1 or self.in_channels < 1 or self.base_channels < 1 or self.num_res_blocks < 1:
+            raise ValueError("image_size, in_channels, base_channels and num_res_blocks must be positive")
+        if not self.channel_mult or min(self.channel_mult) < 1:
+            raise ValueError("channel_mult must be a non-empty list of positive integers")
+        factor = 2 ** (len(self.channel_mult) - 1)
+        if self.image_size % factor:
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by {factor} for {len(self.channel_mult)} levels"
+            )
+        for mult in self.channel_mult:
+            if (self.base_channels * mult) % self.norm_groups:
+                raise ValueError(
+                    f"channels {self.base_channels * mult} not divisible by norm_groups {self.norm_groups}"
+                )
+        resolutions = {self.image_size // 2**level for level in range(len(self.channel_mult))}
+        unknown = set(self.attention_resolutions) - resolutions
+        if unknown:
+            raise ValueError(
+                f"attention_resolutions {sorted(unknown)} not among the U-Net's resolutions {sorted(resolutions)}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+        if self.num_classes < 0 or self.num_heads < 1:
+            raise ValueError("num_classes must be >= 0 and num_heads >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["channel_mult"] = list(self.channel_mult)
+        data["attention_resolutions"] = list(self.attention_resolutions)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown U-Net config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017), shape (B,) -> (B, dim)."""
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, device=timesteps.device, dtype=torch.float32) / half
+    angles = timesteps.float()[:, None] * torch.exp(exponent)[None, :]
+    embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+    if dim % 2:
+        embedding = F.pad(embedding, (0, 1))
+    return embedding
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, with the embedding applied as a scale and shift of the second norm."""
+
+    def __init__(self, in_channels: int, out_channels: int, embed_dim: int, dropout: float, groups: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.embed = nn.Linear(embed_dim, 2 * out_channels)
+        self.norm2 = nn.GroupNorm(groups, out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """x: (B, C_in, H, W), embedding: (B, E) -> (B, C_out, H, W)."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.embed(F.silu(embedding))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the spatial positions, with a residual connection."""
+
+    def __init__(self, channels: int, num_heads: int, groups: int) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"channels {channels} not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) -> (B, C, H, W)."""
+        batch, channels, height, width = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(batch, 3, self.num_heads, channels // self.num_heads, height * width)
+        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # each (B, heads, HW, C/heads)
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(-1, -2).reshape(batch, channels, height, width)
+        return x + self.proj(out)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t, y): (B, C, H, W), (B,), (B,) -> (B, C, H, W)."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        ch, groups = config.base_channels, config.norm_groups
+        embed_dim = 4 * ch
+        self.time_embed = nn.Sequential(nn.Linear(ch, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+        self.class_embed = nn.Embedding(config.num_classes + 1, embed_dim) if config.num_classes else None
+        self.input_conv = nn.Conv2d(config.in_channels, ch, 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skip_channels = [ch]
+        resolution = config.image_size
+        channels = ch
+        for level, mult in enumerate(config.channel_mult):
+            for _ in range(config.num_res_blocks):
+                layer = nn.ModuleList([ResBlock(channels, ch * mult, embed_dim, config.dropout, groups)])
+                channels = ch * mult
+                if resolution in config.attention_resolutions:
+                    layer.append(AttentionBlock(channels, config.num_heads, groups))
+                self.down.append(layer)
+                skip_channels.append(channels)
+            if level < len(config.channel_mult) - 1:
+                self.down.append(nn.ModuleList([Downsample(channels)]))
+                skip_channels.append(channels)
+                resolution //= 2
+
+        self.middle = nn.ModuleList(
+            [
+                ResBlock(channels, channels, embed_dim, config.dropout, groups),
+                AttentionBlock(channels, config.num_heads, groups),
+                ResBlock(channels, channels, embed_dim, config.dropout, groups),
+            ]
+        )
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(config.channel_mult))):
+            for block in range(config.num_res_blocks + 1):
+                layer = nn.ModuleList(
+                    [ResBlock(channels + skip_channels.pop(), ch * mult, embed_dim, config.dropout, groups)]
+                )
+                channels = ch * mult
+                if resolution in config.attention_resolutions:
+                    layer.append(AttentionBlock(channels, config.num_heads, groups))
+                if level > 0 and block == config.num_res_blocks:
+                    layer.append(Upsample(channels))
+                    resolution *= 2
+                self.up.append(layer)
+
+        self.output = nn.Sequential(
+            nn.GroupNorm(groups, channels), nn.SiLU(), nn.Conv2d(channels, config.in_channels, 3, padding=1)
+        )
+        nn.init.zeros_(self.output[-1].weight)
+        nn.init.zeros_(self.output[-1].bias)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Predict the noise.
+
+        Args:
+            sample: x_t, (B, C, H, W).
+            timestep: integer steps in [0, T), (B,) or a scalar.
+            class_labels: (B,) in [0, num_classes], where num_classes is the null label;
+                None means unconditional (all null).
+        """
+        batch = sample.shape[0]
+        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(batch)
+        embedding = self.time_embed(timestep_embedding(timestep, self.config.base_channels).to(sample.dtype))
+        if self.class_embed is not None:
+            if class_labels is None:
+                class_labels = torch.full((batch,), self.config.num_classes, device=sample.device, dtype=torch.long)
+            embedding = embedding + self.class_embed(class_labels)
+
+        h = self.input_conv(sample)
+        skips = [h]
+        for layer in self.down:
+            for module in layer:
+                h = module(h, embedding) if isinstance(module, ResBlock) else module(h)
+            skips.append(h)
+        for module in self.middle:
+            h = module(h, embedding) if isinstance(module, ResBlock) else module(h)
+        for layer in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            for module in layer:
+                h = module(h, embedding) if isinstance(module, ResBlock) else module(h)
+        return self.output(h)

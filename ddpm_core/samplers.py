@@ -1,0 +1,188 @@
+"""Reverse-process samplers in the diffusers convention.
+
+A sampler holds a :class:`NoiseSchedule`, is told how many steps to take with
+``set_timesteps(num_inference_steps)``, lists them (descending) in ``timesteps``, and
+advances one step with ``step(model_output, timestep, sample, *, generator=None)``, which
+returns the previous sample and the predicted clean sample. The loop lives in
+:func:`ddpm_core.pipeline.generate`.
+
+Fewer steps than the model was trained with use *spaced* timesteps (improved-diffusion): the
+kept steps' ``alphas_cumprod`` are unchanged and betas are recomputed from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ddpm_core.schedule import NoiseSchedule
+
+GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
+
+
+@dataclass
+class SamplerOutput:
+    """prev_sample: x_{t-1} (B, ...); pred_original_sample: the predicted x_0 (B, ...)."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+
+def spaced_timesteps(num_train_timesteps: int, num_inference_steps: int) -> list[int]:
+    """``num_inference_steps`` timesteps spread evenly over [0, T - 1], ascending, both ends kept.
+
+    With all T steps this is 0, 1, ..., T - 1.
+    """
+    if not isinstance(num_inference_steps, (int, np.integer)) or not 1 <= num_inference_steps <= num_train_timesteps:
+        raise ValueError(
+            f"num_inference_steps must be an integer in [1, {num_train_timesteps}], got {num_inference_steps!r}"
+        )
+    if num_inference_steps == 1:
+        return [num_train_timesteps - 1]
+    positions = np.linspace(0.0, num_train_timesteps - 1, num_inference_steps)
+    return [int(t) for t in np.floor(positions + 0.5)]
+
+
+def randn_like(sample: torch.Tensor, generator: GeneratorArg) -> torch.Tensor:
+    """Standard normal noise of ``sample``'s shape; with a list of generators, row i comes from
+    generator i, so each sample's noise depends on its own generator alone."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+    if len(generator) != sample.shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {sample.shape[0]}")
+    return torch.cat(
+        [torch.randn((1, *sample.shape[1:]), generator=g, device=sample.device, dtype=sample.dtype) for g in generator]
+    )
+
+
+class _SpacedSampler:
+    """Shared bookkeeping: the training schedule, the kept timesteps and the respaced schedule."""
+
+    def __init__(self, schedule: NoiseSchedule, *, clip_sample: bool = True, clip_sample_range: float = 1.0) -> None:
+        self.schedule = schedule
+        self.clip_sample = clip_sample
+        self.clip_sample_range = clip_sample_range
+        self.init_noise_sigma = 1.0
+        self.set_timesteps(schedule.num_train_timesteps)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.schedule.num_train_timesteps
+
+    def set_timesteps(self, num_inference_steps: int | None = None) -> None:
+        """Choose the steps to take; None means all of the model's training steps."""
+        if num_inference_steps is None:
+            num_inference_steps = self.num_train_timesteps
+        kept = spaced_timesteps(self.num_train_timesteps, num_inference_steps)
+        self.num_inference_steps = num_inference_steps
+        self.spaced_schedule = self.schedule.respace(kept)
+        self.timesteps = torch.tensor(kept[::-1], dtype=torch.long)
+        self._index = {t: len(kept) - 1 - i for i, t in enumerate(kept[::-1])}
+
+    def _spaced_index(self, timestep: int | torch.Tensor) -> int:
+        key = int(timestep)
+        if key not in self._index:
+            raise ValueError(f"timestep {key} is not one of this sampler's {self.num_inference_steps} timesteps")
+        return self._index[key]
+
+    def _term(self, name: str, index: int) -> float:
+        return float(getattr(self.spaced_schedule, name)[index])
+
+    def _predict_original(self, model_output: torch.Tensor, sample: torch.Tensor, index: int) -> torch.Tensor:
+        """x_0 = (x_t - sqrt(1 - alphabar_t) eps) / sqrt(alphabar_t)   (Ho eq. 4 solved for x_0, eq. 15)."""
+        pred = (
+            self._term("sqrt_recip_alphas_cumprod", index) * sample
+            - self._term("sqrt_recipm1_alphas_cumprod", index) * model_output
+        )
+        if self.clip_sample:
+            pred = pred.clamp(-self.clip_sample_range, self.clip_sample_range)
+        return pred
+
+
+class DDPMSampler(_SpacedSampler):
+    """The ancestral sampler of Ho et al. (2020), Algorithm 2, with variance beta~_t ("fixed small").
+
+    With ``set_timesteps(T)`` (the default) it takes every training step.
+    """
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        *,
+        generator: GeneratorArg = None,
+    ) -> SamplerOutput:
+        """One step x_t -> x_{t-1} ~ p(x_{t-1} | x_t).
+
+        Args:
+            model_output: predicted noise eps, (B, ...).
+            timestep: one of ``self.timesteps``.
+            sample: x_t, (B, ...).
+            generator: a generator, or one per sample, for the added noise.
+        """
+        index = self._spaced_index(timestep)
+        pred_original_sample = self._predict_original(model_output, sample, index)
+        # Posterior mean mu~_t(x_t, x_0) = coef1 x_0 + coef2 x_t                    (Ho eq. 7)
+        mean = (
+            self._term("posterior_mean_coef1", index) * pred_original_sample
+            + self._term("posterior_mean_coef2", index) * sample
+        )
+        if index == 0:
+            return SamplerOutput(mean, pred_original_sample)
+        std = float(np.exp(0.5 * self._term("posterior_log_variance_clipped", index)))
+        prev_sample = mean + std * randn_like(sample, generator)
+        return SamplerOutput(prev_sample, pred_original_sample)
+
+
+class DDIMSampler(_SpacedSampler):
+    """DDIM (Song et al. 2021): deterministic for ``eta`` = 0, DDPM-like for ``eta`` = 1."""
+
+    def __init__(
+        self, schedule: NoiseSchedule, eta: float = 0.0, *, clip_sample: bool = True, clip_sample_range: float = 1.0
+    ) -> None:
+        if eta < 0:
+            raise ValueError("eta must be >= 0")
+        self.eta = eta
+        super().__init__(schedule, clip_sample=clip_sample, clip_sample_range=clip_sample_range)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        *,
+        generator: GeneratorArg = None,
+    ) -> SamplerOutput:
+        """One DDIM step x_t -> x_{t_prev} (Song et al. eq. 12); arguments as :meth:`DDPMSampler.step`."""
+        index = self._spaced_index(timestep)
+        alpha_prod = self._term("alphas_cumprod", index)
+        alpha_prod_prev = self._term("alphas_cumprod_prev", index)  # 1 before the first kept step
+        pred_original_sample = self._predict_original(model_output, sample, index)
+        # eps consistent with the (possibly clipped) x_0
+        pred_epsilon = (sample - alpha_prod**0.5 * pred_original_sample) / (1.0 - alpha_prod) ** 0.5
+        # sigma_t(eta) = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev)     (Song eq. 16)
+        variance = (1.0 - alpha_prod_prev) / (1.0 - alpha_prod) * (1.0 - alpha_prod / alpha_prod_prev)
+        std = self.eta * max(variance, 0.0) ** 0.5
+        direction = max(1.0 - alpha_prod_prev - std**2, 0.0) ** 0.5 * pred_epsilon
+        prev_sample = alpha_prod_prev**0.5 * pred_original_sample + direction
+        if std > 0 and index > 0:
+            prev_sample = prev_sample + std * randn_like(sample, generator)
+        return SamplerOutput(prev_sample, pred_original_sample)
+
+
+SAMPLERS = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
+
+
+def make_sampler(
+    name: str, schedule: NoiseSchedule, num_inference_steps: int | None = None, **options
+) -> DDPMSampler | DDIMSampler:
+    """A sampler by name ('ddpm' or 'ddim') with its timesteps set."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+    sampler = SAMPLERS[name](schedule, **options)
+    sampler.set_timesteps(num_inference_steps)
+    return sampler
