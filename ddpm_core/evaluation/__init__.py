@@ -1,0 +1,1 @@
+"""Evaluation of generated MNIST digits: a CNN classifier, its features and FID."""
