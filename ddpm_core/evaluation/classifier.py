@@ -1,0 +1,265 @@
+"""A small MNIST CNN used to judge generated digits: its accuracy on them and the Fréchet
+distance in its penultimate-layer features (an MNIST stand-in for Inception FID).
+
+Images enter as uint8 (N, 28, 28) or (N, 1, 28, 28), real and generated alike, and go through
+:func:`preprocess` (x / 127.5 - 1, the diffusion models' own scaling). Weights and config are
+stored as safetensors with JSON metadata; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ddpm_core.checkpoint_header import CheckpointError, file_sha256, read_raw_header
+
+logger = logging.getLogger(__name__)
+
+CLASSIFIER_FORMAT = "ddpm-service.mnist-classifier"
+CLASSIFIER_FORMAT_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Everything needed to rebuild a :class:`DigitClassifier`; stored in its file as JSON.
+
+    Three conv stages of ``channels`` at 28, 14 and 7 pixels, global average pooling into a
+    ``channels[-1]``-dimensional feature vector (the FID features), dropout, one linear layer.
+    """
+
+    channels: tuple[int, ...] = (32, 64, 128)
+    num_classes: int = 10
+    dropout: float = 0.3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if len(self.channels) != 3 or min(self.channels) < 1:
+            raise ValueError("channels must be three positive integers")
+        if self.num_classes < 2:
+            raise ValueError("num_classes must be at least 2")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["channels"] = list(self.channels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClassifierConfig:
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown classifier config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class DigitClassifier(nn.Module):
+    """(B, 1, 28, 28) in [-1, 1] -> logits (B, num_classes); :meth:`features` -> (B, channels[-1])."""
+
+    def __init__(self, config: ClassifierConfig) -> None:
+        super().__init__()
+        self.config = config
+        c1, c2, c3 = config.channels
+        self.body = nn.Sequential(
+            _conv_block(1, c1),
+            nn.MaxPool2d(2),  # 14x14
+            _conv_block(c1, c2),
+            nn.MaxPool2d(2),  # 7x7
+            _conv_block(c2, c3),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.head = nn.Linear(c3, config.num_classes)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate-layer features (B, channels[-1]) of images (B, 1, 28, 28)."""
+        return self.body(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(images)))
+
+
+def to_uint8(samples: torch.Tensor) -> np.ndarray:
+    """Generated samples (B, 1, 28, 28) in [-1, 1] -> uint8 (B, 28, 28), as a saved PNG would hold them."""
+    images = ((samples.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return images.reshape(images.shape[0], *images.shape[-2:]).cpu().numpy()
+
+
+def preprocess(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, 28, 28) or (N, 1, 28, 28) -> float32 (N, 1, 28, 28) in [-1, 1]."""
+    tensor = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))
+    if tensor.ndim == 3:
+        tensor = tensor[:, None]
+    if tensor.ndim != 4 or tuple(tensor.shape[1:]) != (1, 28, 28):
+        raise ValueError(f"expected 28x28 grey images, got shape {tuple(tensor.shape)}")
+    return tensor.float().div_(127.5).sub_(1.0)
+
+
+@torch.inference_mode()
+def classify(
+    model: DigitClassifier, images: np.ndarray, batch_size: int = 500
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted labels (N,) int64 and float64 features (N, D) of uint8 images (N, 28, 28)."""
+    model.eval()
+    labels, features = [], []
+    for start in range(0, len(images), batch_size):
+        batch = preprocess(images[start : start + batch_size])
+        feature = model.features(batch)
+        labels.append(model.head(feature).argmax(dim=1).numpy())
+        features.append(feature.double().numpy())
+    if not labels:
+        return np.zeros(0, np.int64), np.zeros((0, model.config.channels[-1]))
+    return np.concatenate(labels).astype(np.int64), np.concatenate(features)
+
+
+def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image (B, C, H, W) by up to ``max_shift`` pixels in x and y, padding with the background (-1)."""
+    if max_shift <= 0:
+        return images
+    batch, _, height, width = images.shape
+    padded = F.pad(images, (max_shift,) * 4, value=-1.0)
+    offsets = torch.randint(0, 2 * max_shift + 1, (batch, 2), generator=generator)
+    rows = (offsets[:, 0, None] + torch.arange(height))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (offsets[:, 1, None] + torch.arange(width))[:, None, None, :]  # (B, 1, 1, W)
+    index = torch.arange(batch)[:, None, None, None]
+    channel = torch.arange(images.shape[1])[None, :, None, None]
+    return padded[index, channel, rows, cols]
+
+
+@dataclass(frozen=True)
+class ClassifierTrainConfig:
+    epochs: int = 4
+    batch_size: int = 128
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    max_shift: int = 2
+    seed: int = 0
+
+
+def train_classifier(
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: ClassifierConfig,
+    train_config: ClassifierTrainConfig,
+) -> DigitClassifier:
+    """Train on uint8 images (N, 28, 28) with labels (N,): AdamW, one-cycle LR, random shifts.
+
+    Deterministic for a given seed on one CPU thread.
+    """
+    if len(images) != len(labels) or len(images) == 0:
+        raise ValueError("need a non-empty set of images with one label each")
+    if labels.min() < 0 or labels.max() >= config.num_classes:
+        raise ValueError(f"labels must lie in [0, {config.num_classes - 1}]")
+    torch.manual_seed(train_config.seed)
+    generator = torch.Generator().manual_seed(train_config.seed)
+    model = DigitClassifier(config)
+    data = preprocess(images)
+    targets = torch.as_tensor(labels, dtype=torch.long)
+    steps_per_epoch = -(-len(data) // train_config.batch_size)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=train_config.learning_rate, weight_decay=train_config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=train_config.learning_rate, total_steps=train_config.epochs * steps_per_epoch
+    )
+    model.train()
+    started = time.perf_counter()
+    for epoch in range(train_config.epochs):
+        order = torch.randperm(len(data), generator=generator)
+        total_loss, correct = 0.0, 0
+        for start in range(0, len(data), train_config.batch_size):
+            index = order[start : start + train_config.batch_size]
+            batch = random_shift(data[index], train_config.max_shift, generator)
+            logits = model(batch)
+            loss = F.cross_entropy(logits, targets[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(index)
+            correct += int((logits.argmax(dim=1) == targets[index]).sum())
+        logger.info(
+            "classifier epoch %d/%d: loss %.4f, train accuracy %.4f (%.0f s)",
+            epoch + 1,
+            train_config.epochs,
+            total_loss / len(data),
+            correct / len(data),
+            time.perf_counter() - started,
+        )
+    return model.eval()
+
+
+def accuracy(model: DigitClassifier, images: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of uint8 images (N, 28, 28) classified as their labels (N,)."""
+    predicted, _ = classify(model, images)
+    return float((predicted == np.asarray(labels)).mean())
+
+
+def save_classifier(path: str | Path, model: DigitClassifier, info: dict[str, Any] | None = None) -> Path:
+    """Write weights with the config and ``info`` (e.g. test accuracy, training settings) as JSON metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "format": CLASSIFIER_FORMAT,
+        "format_version": CLASSIFIER_FORMAT_VERSION,
+        "config": json.dumps(model.config.to_dict()),
+        "info": json.dumps(info or {}),
+    }
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    partial = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(partial), metadata=metadata)
+    partial.replace(path)
+    return path
+
+
+@dataclass
+class LoadedClassifier:
+    path: Path
+    model: DigitClassifier
+    info: dict[str, Any]
+    sha256: str
+
+
+def load_classifier(path: str | Path) -> LoadedClassifier:
+    """Load and validate a classifier file; the model comes back on the CPU in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"classifier {path} does not exist (train one with python -m ddpm_core.evaluation.train_classifier)"
+        )
+    metadata = read_raw_header(path).get("__metadata__") or {}
+    if metadata.get("format") != CLASSIFIER_FORMAT:
+        raise CheckpointError(f"{path} is not an MNIST classifier file (no '{CLASSIFIER_FORMAT}' metadata)")
+    if metadata.get("format_version") != CLASSIFIER_FORMAT_VERSION:
+        raise CheckpointError(f"{path}: classifier format version {metadata.get('format_version')} is not supported")
+    try:
+        config = ClassifierConfig.from_dict(json.loads(metadata["config"]))
+        info = json.loads(metadata.get("info", "{}"))
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: bad classifier metadata: {error}") from None
+    model = DigitClassifier(config)
+    try:
+        model.load_state_dict(load_file(str(path), device="cpu"), strict=True)
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: cannot load classifier weights: {str(error).splitlines()[0]}") from None
+    return LoadedClassifier(path=path, model=model.eval(), info=info, sha256=file_sha256(path))
