@@ -15,6 +15,7 @@ import sys
 COMMANDS = {
     "train": "ddpm_core.cli.train",
     "sample": "ddpm_core.cli.sample",
+    "evaluate": "ddpm_core.cli.evaluate",
 }
 OWN_PACKAGES = ("ddpm_core", "worker", "api")
 

@@ -1,0 +1,185 @@
+"""Evaluate an MNIST diffusion checkpoint with a separate classifier.
+
+For each class K samples are generated (in batches, sample i of the whole run seeded with
+``seed + i``), quantised to uint8 as a saved PNG would be, and passed through the same
+preprocessing as the real test images. Reported: the fraction classified as the digit asked
+for (overall and per class), FID in the classifier's penultimate features against the MNIST
+test set, and, as the floor a perfect generator would reach, the same FID between training
+images and the test set (10,000 of them, and as many as were generated, since FID is biased
+upwards for small sets).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ddpm_core.checkpoint import LoadedCheckpoint
+from ddpm_core.data.mnist import load_mnist
+from ddpm_core.evaluation.classifier import LoadedClassifier, classify, to_uint8
+from ddpm_core.evaluation.fid import FeatureStats, feature_stats, fid_from_stats
+from ddpm_core.pipeline import generate
+from ddpm_core.samplers import make_sampler
+
+logger = logging.getLogger(__name__)
+
+MNIST_SHAPE = (1, 28, 28)
+FLOOR_TRAIN_IMAGES = 10_000
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How samples are drawn; ``steps`` None means all training timesteps."""
+
+    per_class: int = 100
+    sampler: str = "ddpm"
+    steps: int | None = None
+    guidance: float = 0.0
+    seed: int = 0
+    batch_size: int = 100
+
+    def __post_init__(self) -> None:
+        if self.per_class < 1:
+            raise ValueError("--per-class must be at least 1")
+        if self.batch_size < 1:
+            raise ValueError("--batch-size must be at least 1")
+        if self.guidance < 0:
+            raise ValueError("--guidance must be >= 0")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError("--steps must be at least 1")
+
+
+@dataclass
+class Reference:
+    """What every evaluation of one data set shares: test-set feature statistics, the
+    classifier's test accuracy and the train-vs-test FID floor."""
+
+    test_stats: FeatureStats
+    classifier_test_accuracy: float
+    train_features: np.ndarray  # (M, D) float64, a seeded random subset of the training set
+    fid_train_vs_test: float
+
+    def floor_for(self, count: int) -> float | None:
+        """FID between ``count`` training images and the test set (None when too few are held)."""
+        if count < 2 or count > len(self.train_features):
+            return None
+        return fid_from_stats(feature_stats(self.train_features[:count]), self.test_stats)
+
+
+def build_reference(
+    classifier: LoadedClassifier, data_dir: str | Path, train_images: int = FLOOR_TRAIN_IMAGES, seed: int = 0
+) -> Reference:
+    """Classify the MNIST test set and ``train_images`` random training images (never downloads)."""
+    test_images, test_labels = load_mnist(data_dir, "test", download=False)
+    images, _ = load_mnist(data_dir, "train", download=False)
+    predicted, test_features = classify(classifier.model, test_images)
+    test_accuracy = float((predicted == test_labels).mean())
+    order = np.random.default_rng(seed).permutation(len(images))[:train_images]
+    _, train_features = classify(classifier.model, images[order])
+    test_stats = feature_stats(test_features)
+    floor = fid_from_stats(feature_stats(train_features), test_stats)
+    logger.info(
+        "classifier test accuracy %.4f; FID of %d training vs %d test images: %.3f",
+        test_accuracy,
+        len(train_features),
+        len(test_features),
+        floor,
+    )
+    return Reference(test_stats, test_accuracy, train_features, floor)
+
+
+def check_checkpoint(checkpoint: LoadedCheckpoint, num_classes: int) -> None:
+    """Raise ValueError unless ``checkpoint`` draws 28x28 grey images with 0 or ``num_classes`` classes."""
+    if checkpoint.sample_shape != MNIST_SHAPE:
+        raise ValueError(
+            f"{checkpoint.path} draws samples of shape {list(checkpoint.sample_shape)}; "
+            f"evaluate needs an MNIST checkpoint of 28x28 grey images {list(MNIST_SHAPE)}"
+        )
+    if checkpoint.num_classes not in (0, num_classes):
+        raise ValueError(f"{checkpoint.path} has {checkpoint.num_classes} classes; the classifier knows {num_classes}")
+
+
+def generate_digits(
+    checkpoint: LoadedCheckpoint, settings: EvalSettings, num_classes: int
+) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """uint8 images (N, 28, 28), the requested labels (N,) (None when unconditional) and the
+    seconds spent sampling. N = per_class * num_classes, ordered class by class."""
+    conditional = checkpoint.num_classes > 0
+    count = settings.per_class * num_classes
+    labels = np.repeat(np.arange(num_classes), settings.per_class) if conditional else None
+    sampler = make_sampler(settings.sampler, checkpoint.schedule, settings.steps)
+    images = []
+    started = time.perf_counter()
+    for start in range(0, count, settings.batch_size):
+        size = min(settings.batch_size, count - start)
+        samples = generate(
+            checkpoint.model,
+            sampler,
+            sample_shape=checkpoint.sample_shape,
+            num_samples=size,
+            class_labels=labels[start : start + size].tolist() if conditional else None,
+            guidance_scale=settings.guidance if conditional else 0.0,
+            seed=settings.seed + start,
+        )
+        images.append(to_uint8(samples))
+        logger.info("generated %d/%d samples (%.0f s)", start + size, count, time.perf_counter() - started)
+    return np.concatenate(images), labels, time.perf_counter() - started
+
+
+def evaluate_checkpoint(
+    checkpoint: LoadedCheckpoint, classifier: LoadedClassifier, reference: Reference, settings: EvalSettings
+) -> dict[str, Any]:
+    """Generate, classify and compare; a JSON-ready dict of metrics, timing and settings."""
+    num_classes = classifier.model.config.num_classes
+    check_checkpoint(checkpoint, num_classes)
+    conditional = checkpoint.num_classes > 0
+    images, requested, seconds = generate_digits(checkpoint, settings, num_classes)
+    predicted, features = classify(classifier.model, images)
+    fid = fid_from_stats(feature_stats(features), reference.test_stats)
+    num_steps = len(make_sampler(settings.sampler, checkpoint.schedule, settings.steps).timesteps)
+    result: dict[str, Any] = {
+        "accuracy": None,
+        "per_class_accuracy": None,
+        "fid": fid,
+        "fid_train_vs_test": reference.fid_train_vs_test,
+        "fid_train_vs_test_same_n": reference.floor_for(len(images)),
+        "predicted_class_counts": np.bincount(predicted, minlength=num_classes).tolist(),
+        "num_samples": len(images),
+        "fid_reference_images": reference.test_stats.count,
+        "fid_floor_train_images": len(reference.train_features),
+        "classifier_test_accuracy": reference.classifier_test_accuracy,
+        "sampling_seconds": round(seconds, 3),
+        "seconds_per_sample": round(seconds / len(images), 4),
+        "settings": {
+            **asdict(settings),
+            "steps": num_steps,
+            "guidance": settings.guidance if conditional else 0.0,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "checkpoint": str(checkpoint.path),
+        "weights_sha256": checkpoint.weights_sha256,
+        "conditional": conditional,
+        "classifier": str(classifier.path),
+        "classifier_sha256": classifier.sha256,
+    }
+    if conditional:
+        correct = predicted == requested
+        result["accuracy"] = float(correct.mean())
+        result["per_class_accuracy"] = {
+            str(label): float(correct[requested == label].mean()) for label in range(num_classes)
+        }
+    logger.info(
+        "guidance %.2f: accuracy %s, FID %.3f (floor %.3f), %.1f s",
+        settings.guidance,
+        "n/a" if result["accuracy"] is None else f"{result['accuracy']:.4f}",
+        fid,
+        reference.fid_train_vs_test,
+        seconds,
+    )
+    return result
