@@ -1,0 +1,286 @@
+"""Evaluation: FID maths, the classifier on synthetic patterns and the ``ddpm evaluate`` CLI.
+
+Everything runs on tiny data written by the tests; no shared MNIST, no downloads.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_core.checkpoint import save_checkpoint
+from ddpm_core.cli import main
+from ddpm_core.data import write_idx
+from ddpm_core.evaluation.classifier import (
+    ClassifierConfig,
+    ClassifierTrainConfig,
+    accuracy,
+    classify,
+    load_classifier,
+    preprocess,
+    random_shift,
+    save_classifier,
+    to_uint8,
+    train_classifier,
+)
+from ddpm_core.evaluation.fid import feature_stats, fid_from_features, frechet_distance, trace_sqrt_product
+from ddpm_core.models import MLPConfig, build_model
+from ddpm_core.schedule import NoiseSchedule
+
+TINY = ClassifierConfig(channels=(8, 16, 16), num_classes=10, dropout=0.0)
+
+
+# ---------------------------------------------------------------- synthetic digits
+
+
+def draw_pattern(label: int) -> np.ndarray:
+    """A 16x16 float pattern for one of 10 classes: bars, crosses, boxes, diagonals, dots."""
+    canvas = np.zeros((16, 16), np.float32)
+    if label == 0:
+        canvas[7:9, :] = 1  # horizontal bar
+    elif label == 1:
+        canvas[:, 7:9] = 1  # vertical bar
+    elif label == 2:
+        canvas[7:9, :] = canvas[:, 7:9] = 1  # plus
+    elif label == 3:
+        canvas[:2, :] = canvas[-2:, :] = canvas[:, :2] = canvas[:, -2:] = 1  # box
+    elif label == 4:
+        canvas[np.arange(16), np.arange(16)] = 1  # diagonal
+    elif label == 5:
+        canvas[np.arange(16), 15 - np.arange(16)] = 1  # anti-diagonal
+    elif label == 6:
+        canvas[4:12, 4:12] = 1  # filled square
+    elif label == 7:
+        canvas[2:4, :] = canvas[12:14, :] = 1  # two horizontal bars
+    elif label == 8:
+        canvas[:, 2:4] = canvas[:, 12:14] = 1  # two vertical bars
+    else:
+        canvas[::5, ::5] = 1  # dots
+    return canvas
+
+
+def pattern_images(labels: np.ndarray, seed: int) -> np.ndarray:
+    """uint8 (N, 28, 28): each label's pattern at a random offset with a little noise."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((len(labels), 28, 28), np.float32)
+    for index, label in enumerate(labels):
+        top, left = rng.integers(3, 10, size=2)
+        images[index, top : top + 16, left : left + 16] = draw_pattern(int(label))
+    images = images * 230 + rng.uniform(0, 25, images.shape)
+    return np.clip(images, 0, 255).astype(np.uint8)
+
+
+def write_pattern_mnist(directory, num_classes: int, train_per_class: int, test_per_class: int) -> None:
+    """Write the four MNIST IDX files of a synthetic pattern data set into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, per_class, seed, prefix in (("train", train_per_class, 1, "train"), ("test", test_per_class, 2, "t10k")):
+        labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(num_classes), per_class))
+        write_idx(directory / f"{prefix}-images-idx3-ubyte", pattern_images(labels, seed))
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte", labels.astype(np.uint8))
+        del split
+
+
+# ---------------------------------------------------------------- FID
+
+
+def test_fid_of_a_set_with_itself_is_zero():
+    features = np.random.default_rng(0).normal(size=(500, 16)) @ np.random.default_rng(1).normal(size=(16, 16))
+    assert fid_from_features(features, features) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_fid_matches_closed_form_for_diagonal_gaussians():
+    rng = np.random.default_rng(0)
+    mean1, mean2 = rng.normal(size=8), rng.normal(size=8)
+    var1, var2 = rng.uniform(0.1, 3.0, size=8), rng.uniform(0.1, 3.0, size=8)
+    expected = np.sum((mean1 - mean2) ** 2) + np.sum((np.sqrt(var1) - np.sqrt(var2)) ** 2)
+    assert frechet_distance(mean1, np.diag(var1), mean2, np.diag(var2)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_trace_sqrt_product_matches_eigenvalues_for_full_covariances():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(6, 6)), rng.normal(size=(6, 6))
+    cov1, cov2 = a @ a.T + 0.1 * np.eye(6), b @ b.T + 0.1 * np.eye(6)
+    # S1 S2 is similar to a PSD matrix: its eigenvalues are real and non-negative
+    expected = np.sqrt(np.linalg.eigvals(cov1 @ cov2).real).sum()
+    assert trace_sqrt_product(cov1, cov2) == pytest.approx(expected, rel=1e-9)
+    # a rotated Gaussian against itself
+    assert frechet_distance(np.zeros(6), cov1, np.zeros(6), cov1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_fid_is_symmetric_and_grows_with_a_mean_shift():
+    rng = np.random.default_rng(1)
+    first = rng.normal(size=(400, 10))
+    second = rng.normal(size=(400, 10)) * 1.5
+    assert fid_from_features(first, second) == pytest.approx(fid_from_features(second, first), rel=1e-9)
+    distances = [fid_from_features(first, second + shift) for shift in (0.0, 0.5, 1.0, 2.0)]
+    assert distances == sorted(distances) and distances[-1] > distances[0] + 10 * 4.0 * 0.9
+
+
+def test_feature_stats_and_shape_errors():
+    stats = feature_stats(np.arange(12.0).reshape(6, 2))
+    assert stats.count == 6 and stats.mean.shape == (2,) and stats.cov.shape == (2, 2)
+    with pytest.raises(ValueError):
+        feature_stats(np.zeros((1, 3)))
+    with pytest.raises(ValueError):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+
+
+# ---------------------------------------------------------------- classifier
+
+
+def test_preprocessing_is_shared_by_real_and_generated_images():
+    samples = torch.tensor([-1.0, 0.0, 1.0, 2.0]).repeat(196).reshape(1, 1, 28, 28)
+    images = to_uint8(samples)
+    assert images.dtype == np.uint8 and images.shape == (1, 28, 28)
+    assert set(np.unique(images)) <= {0, 128, 255}
+    back = preprocess(images)
+    assert back.shape == (1, 1, 28, 28) and back.min() == -1.0 and back.max() == 1.0
+    with pytest.raises(ValueError):
+        preprocess(np.zeros((2, 32, 32), np.uint8))
+
+
+def test_random_shift_moves_content_and_keeps_shape():
+    images = -torch.ones(4, 1, 28, 28)
+    images[:, :, 14, 14] = 1.0
+    shifted = random_shift(images, 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape
+    assert torch.all((shifted == 1.0).sum(dim=(1, 2, 3)) == 1)
+    assert torch.equal(random_shift(images, 0, torch.Generator()), images)
+
+
+def test_classifier_learns_synthetic_patterns_and_round_trips(tmp_path):
+    torch.set_num_threads(1)
+    train_labels = np.repeat(np.arange(3), 100)
+    test_labels = np.repeat(np.arange(3), 30)
+    train_images, test_images = pattern_images(train_labels, 0), pattern_images(test_labels, 1)
+    config = ClassifierConfig(channels=(8, 16, 16), num_classes=3, dropout=0.0)
+    model = train_classifier(
+        train_images, train_labels, config, ClassifierTrainConfig(epochs=3, batch_size=32, learning_rate=1e-2)
+    )
+    test_accuracy = accuracy(model, test_images, test_labels)
+    assert test_accuracy >= 0.9
+    path = save_classifier(tmp_path / "clf.safetensors", model, {"test_accuracy": test_accuracy})
+    loaded = load_classifier(path)
+    assert loaded.info["test_accuracy"] == test_accuracy and loaded.model.config == config
+    labels, features = classify(loaded.model, test_images)
+    assert features.shape == (90, 16) and features.dtype == np.float64
+    assert np.array_equal(labels, classify(model, test_images)[0])
+
+
+def test_classifier_training_is_deterministic():
+    torch.set_num_threads(1)
+    labels = np.repeat(np.arange(3), 20)
+    images = pattern_images(labels, 0)
+    config = ClassifierConfig(channels=(4, 8, 8), num_classes=3)
+    settings = ClassifierTrainConfig(epochs=1, batch_size=16, seed=5)
+    first, second = (train_classifier(images, labels, config, settings) for _ in range(2))
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_load_classifier_rejects_other_files(tmp_path):
+    from ddpm_core.checkpoint_header import CheckpointError
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_classifier(tmp_path / "missing.safetensors")
+    other = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(other))
+    with pytest.raises(CheckpointError, match="not an MNIST classifier"):
+        load_classifier(other)
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A synthetic 10-class MNIST, a diffusion checkpoint trained for 20 steps and a tiny classifier."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("evaluate")
+    data = root / "mnist"
+    write_pattern_mnist(data, num_classes=10, train_per_class=30, test_per_class=10)
+    code = main(
+        [
+            "train", "--dataset", "mnist", "--data-dir", str(data), "--out", str(root / "run"),
+            "--max-steps", "20", "--batch-size", "16", "--base-channels", "8", "--channel-mult", "1,2",
+            "--attention-resolutions", "", "--num-train-timesteps", "50", "--no-progress", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    from ddpm_core.data import load_mnist
+
+    images, labels = load_mnist(data, "train", download=False)
+    classifier = train_classifier(
+        images, labels, TINY, ClassifierTrainConfig(epochs=2, batch_size=32, learning_rate=1e-2)
+    )
+    save_classifier(root / "clf.safetensors", classifier, {"note": "test"})
+    mlp = build_model("mlp", MLPConfig(hidden_dim=16, num_layers=1))
+    save_checkpoint(
+        root / "checkerboard.safetensors", mlp, NoiseSchedule.linear(50),
+        class_names=[], sample_shape=(2,), dataset="checkerboard",
+    )  # fmt: skip
+    return root
+
+
+def evaluate_args(workspace, *extra: str) -> list[str]:
+    return [
+        "evaluate", "--checkpoint", str(workspace / "run" / "model.safetensors"),
+        "--data-dir", str(workspace / "mnist"),
+        "--classifier", str(workspace / "clf.safetensors"), "--min-classifier-accuracy", "0",
+        "--sampler", "ddim", "--steps", "5", "--per-class", "2", "--batch-size", "8", *extra,
+    ]  # fmt: skip
+
+
+def test_evaluate_cli_prints_metrics(workspace, capsys):
+    assert main(evaluate_args(workspace, "--guidance", "1.5", "--seed", "3")) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in (
+        "accuracy", "per_class_accuracy", "fid", "fid_train_vs_test", "fid_train_vs_test_same_n",
+        "classifier_test_accuracy", "sampling_seconds", "settings", "weights_sha256", "predicted_class_counts",
+    ):  # fmt: skip
+        assert key in result, key
+    assert 0.0 <= result["accuracy"] <= 1.0
+    assert set(result["per_class_accuracy"]) == {str(digit) for digit in range(10)}
+    assert all(0.0 <= value <= 1.0 for value in result["per_class_accuracy"].values())
+    assert result["fid"] >= 0 and result["fid_train_vs_test"] >= 0 and result["fid_train_vs_test_same_n"] >= 0
+    assert 0.0 <= result["classifier_test_accuracy"] <= 1.0
+    assert result["num_samples"] == 20 and sum(result["predicted_class_counts"]) == 20
+    assert result["fid_reference_images"] == 100 and result["fid_floor_train_images"] == 300
+    settings = result["settings"]
+    assert settings["sampler"] == "ddim" and settings["steps"] == 5 and settings["guidance"] == 1.5
+    assert settings["seed"] == 3 and settings["per_class"] == 2
+    assert len(result["weights_sha256"]) == 64
+
+
+def test_evaluate_guidance_sweep_prints_a_list(workspace, capsys):
+    assert main(evaluate_args(workspace, "--guidance-sweep", "0,2", "--per-class", "1")) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [item["settings"]["guidance"] for item in results] == [0.0, 2.0]
+    assert results[0]["fid_train_vs_test"] == results[1]["fid_train_vs_test"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--checkpoint": "missing.safetensors"}, "does not exist"),
+        ({"--checkpoint": "checkerboard.safetensors"}, "28x28"),
+        ({"--per-class": "0"}, "--per-class"),
+        ({"--classifier": "missing.safetensors"}, "does not exist"),
+        ({"--min-classifier-accuracy": "1.01"}, "below --min-classifier-accuracy"),
+    ],
+)
+def test_evaluate_rejects_bad_inputs(workspace, capsys, change, message):
+    args = evaluate_args(workspace)
+    for flag, value in change.items():
+        args[args.index(flag) + 1] = value if flag not in ("--checkpoint", "--classifier") else str(workspace / value)
+    assert main(args) != 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()  # INFO logs may precede the error when logging goes to stderr
+    assert lines[-1].startswith("ddpm: error:") and message in lines[-1], captured.err
+    assert sum(line.startswith("ddpm:") for line in lines) == 1 and "Traceback" not in captured.err
