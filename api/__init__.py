@@ -1,0 +1,1 @@
+"""The HTTP API of the generation service (FastAPI). This package never imports torch."""

@@ -1,0 +1,66 @@
+"""The FastAPI application: ``create_app()`` (for ``uvicorn --factory api.app:create_app``).
+
+The app holds async Redis clients, the model registry (checkpoint headers, no torch) and a
+Celery app used only to send tasks by name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from api.errors import install_error_handlers
+from api.registry import ModelRegistry
+from api.routes import events, generate, jobs, page, system
+from api.settings import Settings, get_settings
+from api.store import AsyncJobStore
+
+logger = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).with_name("static")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API; settings default to the environment's."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        options = {"socket_connect_timeout": 2, "socket_timeout": 30, "health_check_interval": 15}
+        client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, **options)
+        raw = aioredis.Redis.from_url(settings.redis_url, **options)
+        app.state.store = AsyncJobStore(client, raw, settings.key_prefix, settings.result_ttl_s)
+        logger.info("API using Redis at %s and models in %s", _redacted(settings.redis_url), settings.model_dir)
+        try:
+            yield
+        finally:
+            await client.aclose()
+            await raw.aclose()
+
+    app = FastAPI(
+        title="ddpm-service",
+        version="0.1.0",
+        description="Generate images with denoising diffusion models: submit a job, follow its progress, "
+        "fetch the PNG grid and the denoising GIF.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = ModelRegistry(settings)
+    app.state.celery = None  # created on first use (keeps startup light)
+    install_error_handlers(app)
+    for module in (generate, jobs, events, system, page):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _redacted(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

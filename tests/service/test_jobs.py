@@ -1,0 +1,127 @@
+"""End to end over HTTP: submit, stream, fetch PNG and GIF, reconnect, cancel."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import httpx
+from PIL import Image
+
+from tests.service.conftest import read_events, wait_job
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def submit(client: httpx.Client, **body) -> dict:
+    response = client.post("/generate", json=body)
+    assert response.status_code == 202, response.text
+    return response.json() | {"location": response.headers.get("location")}
+
+
+def test_generate_streams_progress_and_returns_png_and_gif(client: httpx.Client) -> None:
+    job = submit(client, digit=3, n=4, sampler="ddim", steps=12, seed=7)
+    assert job["status"] == "queued"
+    assert job["location"] == f"/jobs/{job['id']}"
+    assert set(job["links"]) == {"self", "events", "png", "gif"}
+
+    events = read_events(client, job["id"])
+    kinds = [event["event"] for event in events]
+    assert kinds[0] == "queued"
+    assert "running" in kinds
+    assert sum(kind in TERMINAL for kind in kinds) == 1 and kinds[-1] == "succeeded", kinds
+    steps = [event["data"]["step"] for event in events if event["event"] == "progress"]
+    assert steps == sorted(steps) and steps[-1] == 12 and len(steps) >= 2, steps
+    assert all(event["data"]["total"] == 12 for event in events if event["event"] == "progress")
+    previews = [event for event in events if event["event"] == "preview"]
+    assert previews and previews[0]["data"]["image"].startswith("data:image/png;base64,")
+    ids = [event["id"] for event in events]
+    assert len(set(ids)) == len(ids)
+
+    record = client.get(f"/jobs/{job['id']}").json()
+    assert record["status"] == "succeeded"
+    assert record["progress"] == {"step": 12, "total": 12}
+    assert record["seed"] == 7 and record["params"]["digit"] == 3 and record["params"]["steps"] == 12
+    assert record["model"] == "mnist" and len(record["weights_sha256"]) == 64
+    assert record["created_at"] <= record["started_at"] <= record["finished_at"]
+    assert record["error"] is None
+
+    png = client.get(job["links"]["png"])
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(png.content))
+    # 4 samples: a 2 x 2 grid of 28-pixel tiles with 2-pixel padding, scaled by 2
+    assert image.size == ((2 * 30 + 2) * 2, (2 * 30 + 2) * 2)
+
+    gif = client.get(job["links"]["gif"])
+    assert gif.status_code == 200 and gif.headers["content-type"] == "image/gif"
+    animation = Image.open(io.BytesIO(gif.content))
+    assert animation.format == "GIF" and animation.n_frames >= 4
+
+
+def test_finished_job_replays_its_events(client: httpx.Client) -> None:
+    job = submit(client, n=1, sampler="ddim", steps=10, seed=1)
+    wait_job(client, job["id"])
+    first = read_events(client, job["id"])
+    again = read_events(client, job["id"])
+    assert [event["id"] for event in first] == [event["id"] for event in again]
+    assert first[-1]["event"] == "succeeded"
+
+
+def test_same_seed_same_png_and_grid_follows_n(client: httpx.Client) -> None:
+    a = submit(client, digit=1, n=2, sampler="ddim", steps=10, seed=42)
+    b = submit(client, digit=1, n=2, sampler="ddim", steps=10, seed=42)
+    c = submit(client, digit=1, n=5, sampler="ddim", steps=10, seed=43)
+    for job in (a, b, c):
+        assert wait_job(client, job["id"])["status"] == "succeeded"
+    png_a, png_b = client.get(a["links"]["png"]).content, client.get(b["links"]["png"]).content
+    assert png_a == png_b
+    # 5 samples: 3 columns, 2 rows
+    assert Image.open(io.BytesIO(client.get(c["links"]["png"]).content)).size == ((3 * 30 + 2) * 2, (2 * 30 + 2) * 2)
+
+
+def test_reconnect_with_last_event_id_loses_nothing(client: httpx.Client) -> None:
+    job = submit(client, n=8, sampler="ddim", steps=60, seed=3)
+    head = read_events(client, job["id"], limit=4)  # leave mid-job
+    assert head[-1]["event"] in ("running", "progress", "preview")
+    tail = read_events(client, job["id"], last_event_id=head[-1]["id"])
+    assert tail and tail[-1]["event"] == "succeeded"
+    full = read_events(client, job["id"])
+    assert [event["id"] for event in head + tail] == [event["id"] for event in full]
+    steps = [event["data"]["step"] for event in full if event["event"] == "progress"]
+    assert steps == list(range(1, 61))  # every step, none lost (progress interval 0 in tests)
+
+
+def test_results_are_409_until_finished_and_cancel_stops_a_running_job(client: httpx.Client) -> None:
+    job = submit(client, n=16, sampler="ddpm", seed=5)  # 200 steps: long enough to cancel
+    events = read_events(client, job["id"], limit=3)  # queued, running, first progress
+    assert events[-1]["event"] == "progress"
+    pending = client.get(job["links"]["png"])
+    assert pending.status_code == 409 and "not ready" in pending.json()["message"]
+    assert client.get(job["links"]["gif"]).status_code == 409
+    started = time.monotonic()
+    response = client.delete(f"/jobs/{job['id']}")
+    assert response.status_code == 202, response.text
+    record = wait_job(client, job["id"], timeout=30)
+    assert record["status"] == "cancelled"
+    assert time.monotonic() - started < 10
+    assert record["progress"]["step"] < 200
+    tail = read_events(client, job["id"], last_event_id=events[-1]["id"])
+    assert tail[-1]["event"] == "cancelled"
+    assert client.get(job["links"]["png"]).status_code == 409
+    # the worker is free at once: a small job right after finishes
+    follow = submit(client, n=1, sampler="ddim", steps=10)
+    assert wait_job(client, follow["id"], timeout=60)["status"] == "succeeded"
+    assert client.delete(f"/jobs/{follow['id']}").status_code == 409
+
+
+def test_cancel_a_queued_job(client: httpx.Client) -> None:
+    blocker = submit(client, n=16, sampler="ddpm", seed=9)
+    queued = submit(client, n=1, sampler="ddim", steps=10)
+    record = client.get(f"/jobs/{queued['id']}").json()
+    assert record["status"] == "queued" and record["queue_position"] >= 1
+    assert client.delete(f"/jobs/{queued['id']}").json()["status"] == "cancelled"
+    assert client.delete(f"/jobs/{blocker['id']}").status_code == 202
+    assert wait_job(client, blocker["id"])["status"] == "cancelled"
+    assert wait_job(client, queued["id"])["status"] == "cancelled"
+    events = read_events(client, queued["id"])
+    assert [event["event"] for event in events] == ["queued", "cancelled"]
