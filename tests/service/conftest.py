@@ -84,17 +84,16 @@ def start_logged(command: list[str], env: dict[str, str], log_name: str) -> subp
     return subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_for_worker(redis_url: str, process: subprocess.Popen, known: set[str] | None = None,
-                    timeout: float = 90) -> str:
-    """Wait for a worker heartbeat not in ``known``; its name."""
+def wait_for_worker(redis_url: str, process: subprocess.Popen, prefix: str = KEY_PREFIX, timeout: float = 90) -> str:
+    """Wait for a worker heartbeat under ``prefix``; its name."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the worker exited with {process.returncode}; see {ARTIFACTS}/worker.log")
-        names = set(client.zrangebyscore(f"{KEY_PREFIX}:workers", time.time() - 10, "+inf")) - (known or set())
+        names = client.zrangebyscore(f"{prefix}:workers", time.time() - 10, "+inf")
         if names:
-            return names.pop()
+            return names[0]
         time.sleep(0.2)
     raise RuntimeError("the worker did not report within the time limit")
 

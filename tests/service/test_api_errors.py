@@ -1,0 +1,145 @@
+"""Bad input gets a clear error naming the field; unknown ids 404; readiness reflects Redis."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.conftest import REPO, service_env, start_api, stop_process
+from worker.redis_server import EmbeddedRedis
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"digit": 10}, "digit"),
+        ({"digit": -1}, "digit"),
+        ({"digit": "3"}, "digit"),
+        ({"digit": 2.5}, "digit"),
+        ({"n": 0}, "n"),
+        ({"n": 10000}, "n"),
+        ({"n": "16"}, "n"),
+        ({"n": True}, "n"),
+        ({"sampler": "euler"}, "sampler"),
+        ({"sampler": "ddim", "steps": 9}, "steps"),
+        ({"sampler": "ddim", "steps": 201}, "steps"),
+        ({"sampler": "ddim", "steps": "fifty"}, "steps"),
+        ({"sampler": "ddpm", "steps": 50}, "steps"),
+        ({"guidance": -0.5}, "guidance"),
+        ({"guidance": 10.5}, "guidance"),
+        ({"guidance": "high"}, "guidance"),
+        ({"seed": -1}, "seed"),
+        ({"seed": "abc"}, "seed"),
+        ({"model": "nope"}, "model"),
+        ({"model": 5}, "model"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_bad_field_gets_422_naming_it(client: httpx.Client, body: dict, field: str) -> None:
+    response = client.post("/generate", json=body)
+    assert response.status_code == 422, response.text
+    payload = response.json()
+    assert field in payload["message"]
+    assert any(item["field"] == field for item in payload["detail"])
+    assert "Traceback" not in response.text
+
+
+def test_unknown_model_message_lists_the_available_ones(client: httpx.Client) -> None:
+    payload = client.post("/generate", json={"model": "cifar"}).json()
+    assert "unknown model 'cifar'" in payload["message"] and "mnist" in payload["message"]
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b""])
+def test_malformed_body_gets_422(client: httpx.Client, content: bytes) -> None:
+    response = client.post("/generate", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["message"].startswith("invalid request")
+
+
+@pytest.mark.parametrize("path", ["/jobs/{}", "/jobs/{}/png", "/jobs/{}/gif", "/jobs/{}/events"])
+def test_unknown_job_is_404(client: httpx.Client, path: str) -> None:
+    for job_id in ("0" * 32, "not-a-job"):
+        response = client.get(path.format(job_id))
+        assert response.status_code == 404
+        assert "no job" in response.json()["message"]
+    assert client.delete("/jobs/" + "0" * 32).status_code == 404
+
+
+def test_bad_last_event_id_is_400(client: httpx.Client) -> None:
+    job = client.post("/generate", json={"n": 1, "sampler": "ddim", "steps": 10}).json()
+    response = client.get(job["links"]["events"], headers={"Last-Event-ID": "yesterday"})
+    assert response.status_code == 400
+
+
+def test_models_health_docs_and_page(client: httpx.Client) -> None:
+    models = client.get("/models").json()
+    assert models["default"] == "mnist"
+    (model,) = models["models"]
+    assert model["class_names"] == [str(digit) for digit in range(10)]
+    assert model["num_train_timesteps"] == 200 and model["sample_shape"] == [1, 28, 28]
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["workers"] >= 1
+    assert client.get("/docs").status_code == 200
+    assert "/generate" in client.get("/openapi.json").json()["paths"]
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+
+
+def test_full_queue_gets_429_with_retry_after(redis_server: EmbeddedRedis, model_dir: Path) -> None:
+    # an API with a queue of 2 and no worker on its queue: the third job is refused
+    env = service_env(redis_server.url, model_dir, DDPM_MAX_QUEUE="2", DDPM_KEY_PREFIX="ddpmfull",
+                      DDPM_QUEUE_NAME="ddpmfull")
+    process, base = start_api(env, "api-full.log")
+    try:
+        with httpx.Client(base_url=base, timeout=10) as http:
+            for _ in range(2):
+                assert http.post("/generate", json={"n": 1}).status_code == 202
+            refused = http.post("/generate", json={"n": 1})
+            assert refused.status_code == 429
+            assert int(refused.headers["retry-after"]) > 0
+            assert "queue is full" in refused.json()["message"]
+            ready = http.get("/readyz")  # no worker reports under this prefix
+            assert ready.status_code == 503 and "no worker" in ready.json()["reason"]
+    finally:
+        stop_process(process, "API")
+
+
+def test_readyz_is_503_when_redis_stops(model_dir: Path) -> None:
+    server = EmbeddedRedis().start()
+    process, base = start_api(service_env(server.url, model_dir), "api-redis-down.log")
+    try:
+        server.stop()
+        response = httpx.get(f"{base}/readyz", timeout=15)
+        assert response.status_code == 503
+        assert "Redis is unreachable" in response.json()["reason"]
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+        submitted = httpx.post(f"{base}/generate", json={"n": 1}, timeout=15)
+        assert submitted.status_code == 503 and "Redis" in submitted.json()["message"]
+    finally:
+        stop_process(process, "API")
+        server.stop()
+
+
+def test_api_process_never_imports_torch(base_url: str, api: tuple[subprocess.Popen, str]) -> None:
+    # the live API process, after serving requests, has no torch library mapped
+    httpx.post(f"{base_url}/generate", json={"n": 1, "sampler": "ddim", "steps": 10}, timeout=10)
+    httpx.get(f"{base_url}/models", timeout=10)
+    maps = Path(f"/proc/{api[0].pid}/maps").read_text()
+    assert "libtorch" not in maps and "uvicorn" in Path(f"/proc/{api[0].pid}/cmdline").read_text()
+    # and importing the whole API (app, routes, Celery sender) leaves torch out of sys.modules
+    code = (
+        "import sys, json\n"
+        "from api.app import create_app\n"
+        "import api.routes.generate, worker.celery_app, worker.jobs, worker.serve, worker.redis_server\n"
+        "app = create_app(); app.openapi()\n"
+        "print(json.dumps('torch' in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) is False
