@@ -37,10 +37,12 @@ async def job_events(request: Request, store: AsyncJobStore, job_id: str, after:
                 return
             reply = await store.client.xread({key: last}, count=BATCH, block=BLOCK_MS)
             if not reply:
-                # nothing new: stop if the job ended without us seeing it (e.g. expired stream)
+                # nothing new: stop if the job is gone, or ended before ``after`` (already delivered)
                 record = await store.get(job_id)
                 if record is None:
                     yield {"event": "failed", "data": json.dumps({"status": "expired", "error": "job expired"})}
+                    return
+                if record.get("status") in TERMINAL and not await store.client.xread({key: last}, count=1):
                     return
                 continue
             for entry_id, fields in reply[0][1]:

@@ -1,0 +1,111 @@
+"""The web page in a real headless Chromium: generate, watch progress, see the images.
+
+Needs Debian's ``chromium`` and ``chromium-driver``; without them the test fails when ``CI``
+is set and is skipped otherwise. A screenshot is kept in ``test-artifacts/service/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+from tests.service.conftest import ARTIFACTS
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1200,1400"]
+
+
+def _find(*names: str) -> str | None:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture()
+def browser() -> Iterator[object]:
+    chromium = _find("chromium", "chromium-browser")
+    driver_path = _find("chromedriver")
+    if not chromium or not driver_path:
+        message = "headless browser test needs Debian's chromium and chromium-driver (apt-get install -y " \
+                  f"chromium chromium-driver); found chromium={chromium}, chromedriver={driver_path}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError as error:
+        if os.environ.get("CI"):
+            pytest.fail(f"selenium is not installed (pip install -e '.[dev]'): {error}")
+        pytest.skip(f"selenium is not installed: {error}")
+    profile = tempfile.mkdtemp(prefix="ddpm-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in [*CHROMIUM_ARGS, f"--user-data-dir={profile}"]:
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)  # no selenium-manager
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_page_generates_and_shows_the_grid_and_gif(browser, base_url: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.get(base_url + "/")
+    wait = WebDriverWait(browser, 120, poll_frequency=0.2)
+    wait.until(lambda driver: len(driver.find_elements(By.CSS_SELECTOR, "#digit option")) == 11)
+    assert browser.find_element(By.ID, "model").get_attribute("value") == "mnist"
+
+    # a bad value shows the API's message naming the field
+    field = browser.find_element(By.ID, "n")
+    field.clear()
+    field.send_keys("0")
+    browser.find_element(By.ID, "generate").click()
+    wait.until(lambda driver: driver.find_element(By.ID, "error").is_displayed())
+    assert "n:" in browser.find_element(By.ID, "error").text
+
+    Select(browser.find_element(By.ID, "digit")).select_by_value("3")
+    field.clear()
+    field.send_keys("4")
+    Select(browser.find_element(By.ID, "sampler")).select_by_value("ddim")
+    steps = browser.find_element(By.ID, "steps")
+    steps.clear()
+    steps.send_keys("15")
+    browser.find_element(By.ID, "seed").send_keys("5")
+    browser.find_element(By.ID, "generate").click()
+
+    def loaded(element_id: str):
+        return lambda driver: driver.execute_script(
+            f"const img = document.getElementById('{element_id}');"
+            "return img.complete && img.naturalWidth > 0 && !img.closest('figure').hidden;"
+        )
+
+    wait.until(loaded("result-png"))
+    wait.until(loaded("result-gif"))
+    browser.save_screenshot(str(ARTIFACTS / "page.png"))
+    assert browser.find_element(By.ID, "job-status").text == "succeeded"
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    progress = browser.execute_script("const p = document.getElementById('progress'); return [p.value, p.max];")
+    assert progress == [15, 15]
+    width = browser.execute_script("return document.getElementById('result-png').naturalWidth;")
+    assert width == (2 * 30 + 2) * 2  # 4 samples: a 2 x 2 grid, scaled by 2
+    png_link = browser.find_element(By.ID, "png-link").get_attribute("href")
+    assert png_link.endswith("/png")
+    jobs = browser.find_elements(By.CSS_SELECTOR, "#jobs li")
+    assert len(jobs) == 1 and "succeeded" in jobs[0].text and "digit 3" in jobs[0].text
+    stored = browser.execute_script("return JSON.parse(sessionStorage.getItem('ddpm-jobs'));")
+    assert stored[0]["params"]["steps"] == 15
