@@ -30,7 +30,7 @@ from ddpm_core.evaluation.fid import feature_stats, fid_from_features, frechet_d
 from ddpm_core.models import MLPConfig, build_model
 from ddpm_core.schedule import NoiseSchedule
 
-TINY = ClassifierConfig(channels=(8, 16, 16), num_classes=10, dropout=0.0)
+TINY = ClassifierConfig(channels=(8, 16, 16), blocks=(1, 1, 1), num_classes=10, dropout=0.0)
 
 
 # ---------------------------------------------------------------- synthetic digits
@@ -156,7 +156,7 @@ def test_classifier_learns_synthetic_patterns_and_round_trips(tmp_path):
     train_labels = np.repeat(np.arange(3), 100)
     test_labels = np.repeat(np.arange(3), 30)
     train_images, test_images = pattern_images(train_labels, 0), pattern_images(test_labels, 1)
-    config = ClassifierConfig(channels=(8, 16, 16), num_classes=3, dropout=0.0)
+    config = ClassifierConfig(channels=(8, 16, 16), blocks=(1, 1, 1), num_classes=3, dropout=0.0)
     model = train_classifier(
         train_images, train_labels, config, ClassifierTrainConfig(epochs=3, batch_size=32, learning_rate=1e-2)
     )
@@ -174,11 +174,22 @@ def test_classifier_training_is_deterministic():
     torch.set_num_threads(1)
     labels = np.repeat(np.arange(3), 20)
     images = pattern_images(labels, 0)
-    config = ClassifierConfig(channels=(4, 8, 8), num_classes=3)
+    config = ClassifierConfig(channels=(4, 8, 8), num_classes=3)  # default blocks (1, 1, 2), dropout
     settings = ClassifierTrainConfig(epochs=1, batch_size=16, seed=5)
     first, second = (train_classifier(images, labels, config, settings) for _ in range(2))
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_committed_classifier_is_small_and_accurate():
+    from ddpm_core.cli.evaluate import DEFAULT_CLASSIFIER
+
+    if not DEFAULT_CLASSIFIER.is_file():
+        pytest.skip("no committed classifier")
+    assert DEFAULT_CLASSIFIER.stat().st_size < 1_000_000
+    loaded = load_classifier(DEFAULT_CLASSIFIER)
+    assert loaded.info["test_accuracy"] >= 0.99 and loaded.info["test_images"] == 10_000
+    assert loaded.model.config.num_classes == 10
 
 
 def test_load_classifier_rejects_other_files(tmp_path):

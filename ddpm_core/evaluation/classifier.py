@@ -34,18 +34,23 @@ CLASSIFIER_FORMAT_VERSION = "1"
 class ClassifierConfig:
     """Everything needed to rebuild a :class:`DigitClassifier`; stored in its file as JSON.
 
-    Three conv stages of ``channels`` at 28, 14 and 7 pixels, global average pooling into a
-    ``channels[-1]``-dimensional feature vector (the FID features), dropout, one linear layer.
+    Three stages of ``blocks`` 3x3 conv-BN-ReLU blocks with ``channels`` at 28, 14 and 7 pixels,
+    global average pooling into a ``channels[-1]``-dimensional feature vector (the FID features),
+    dropout, one linear layer.
     """
 
-    channels: tuple[int, ...] = (32, 64, 128)
+    channels: tuple[int, ...] = (32, 64, 96)
+    blocks: tuple[int, ...] = (1, 1, 2)
     num_classes: int = 10
-    dropout: float = 0.3
+    dropout: float = 0.1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
         if len(self.channels) != 3 or min(self.channels) < 1:
             raise ValueError("channels must be three positive integers")
+        if len(self.blocks) != 3 or min(self.blocks) < 1:
+            raise ValueError("blocks must be three positive integers")
         if self.num_classes < 2:
             raise ValueError("num_classes must be at least 2")
         if not 0.0 <= self.dropout < 1.0:
@@ -54,6 +59,7 @@ class ClassifierConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["channels"] = list(self.channels)
+        data["blocks"] = list(self.blocks)
         return data
 
     @classmethod
@@ -78,18 +84,17 @@ class DigitClassifier(nn.Module):
     def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
         self.config = config
-        c1, c2, c3 = config.channels
-        self.body = nn.Sequential(
-            _conv_block(1, c1),
-            nn.MaxPool2d(2),  # 14x14
-            _conv_block(c1, c2),
-            nn.MaxPool2d(2),  # 7x7
-            _conv_block(c2, c3),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
+        layers: list[nn.Module] = []
+        in_channels = 1
+        for stage, (channels, blocks) in enumerate(zip(config.channels, config.blocks, strict=True)):
+            if stage:
+                layers.append(nn.MaxPool2d(2))  # 28 -> 14 -> 7
+            for _ in range(blocks):
+                layers.append(_conv_block(in_channels, channels))
+                in_channels = channels
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(c3, config.num_classes)
+        self.head = nn.Linear(in_channels, config.num_classes)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate-layer features (B, channels[-1]) of images (B, 1, 28, 28)."""

@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=ClassifierTrainConfig.learning_rate)
     parser.add_argument("--max-shift", type=int, default=ClassifierTrainConfig.max_shift)
     parser.add_argument("--seed", type=int, default=ClassifierTrainConfig.seed)
-    parser.add_argument("--channels", default="32,64,128", help="conv widths of the three stages")
+    parser.add_argument("--channels", default="32,64,96", help="conv widths of the three stages")
+    parser.add_argument("--blocks", default="1,1,2", help="conv blocks in each of the three stages")
+    parser.add_argument("--dropout", type=float, default=ClassifierConfig.dropout)
     parser.add_argument("--limit", type=int, help="train on the first N training images only")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: deterministic, default)")
     return parser
@@ -56,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     try:
-        config = ClassifierConfig(channels=tuple(int(c) for c in args.channels.split(",")))
+        config = ClassifierConfig(
+            channels=tuple(int(c) for c in args.channels.split(",")),
+            blocks=tuple(int(b) for b in args.blocks.split(",")),
+            dropout=args.dropout,
+        )
         train_config = ClassifierTrainConfig(
             epochs=args.epochs,
             batch_size=args.batch_size,
