@@ -81,15 +81,23 @@ function requestBody() {
   return body;
 }
 
+function authHeaders() {
+  const key = $("api-key").value || sessionStorage.getItem("ddpm-api-key") || "";
+  if ($("api-key").value) sessionStorage.setItem("ddpm-api-key", $("api-key").value);
+  return key ? { "x-api-key": key } : {};
+}
+
 async function submit(event) {
   event.preventDefault();
   showError("");
   $("generate").disabled = true;
   try {
     const response = await fetch("/generate", {
-      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(requestBody()),
+      method: "POST", headers: { "content-type": "application/json", ...authHeaders() },
+      body: JSON.stringify(requestBody()),
     });
     const body = await response.json();
+    if (response.status === 401) $("api-key-label").hidden = false;
     if (response.status !== 202) {
       showError(body.message || `request failed (${response.status})`);
       return;
@@ -168,7 +176,7 @@ function showResults(jobId) {
 
 async function cancel() {
   if (!currentJob) return;
-  const response = await fetch(`/jobs/${currentJob}`, { method: "DELETE" });
+  const response = await fetch(`/jobs/${currentJob}`, { method: "DELETE", headers: authHeaders() });
   if (response.status >= 400) showError((await response.json()).message);
 }
 
