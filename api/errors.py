@@ -31,8 +31,12 @@ def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
 def validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
     """A 422 body: ``message`` names each bad field; ``detail`` lists them."""
     detail = [
-        {"loc": list(error.get("loc", ())), "field": _field_name(error.get("loc", ())), "msg": error.get("msg", ""),
-         "type": error.get("type", "value_error")}
+        {
+            "loc": list(error.get("loc", ())),
+            "field": _field_name(error.get("loc", ())),
+            "msg": error.get("msg", ""),
+            "type": error.get("type", "value_error"),
+        }
         for error in errors
     ]
     message = "; ".join(f"{item['field']}: {item['msg']}" for item in detail)
@@ -52,15 +56,19 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "error"
-        return JSONResponse({"message": message, "detail": exc.detail}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"message": message, "detail": exc.detail},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(redis.exceptions.ConnectionError)
     @app.exception_handler(redis.exceptions.TimeoutError)
     async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
         logger.warning("redis unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse({"message": f"the job store (Redis) is unavailable: {exc}"}, status_code=503,
-                            headers={"Retry-After": "5"})
+        return JSONResponse(
+            {"message": f"the job store (Redis) is unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"}
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

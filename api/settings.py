@@ -20,9 +20,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DDPM_", extra="ignore", protected_namespaces=())
 
-    redis_url: str = Field(
-        "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "DDPM_REDIS_URL")
-    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "DDPM_REDIS_URL"))
     key_prefix: str = "ddpm"
     queue_name: str = "ddpm"
     model_dir: Path = REPO_ROOT / "checkpoints"

@@ -44,10 +44,24 @@ def tiny_checkpoint(path: Path) -> Path:
     from ddpm_core.schedule import NoiseSchedule
 
     torch.manual_seed(0)
-    config = UNetConfig(base_channels=8, channel_mult=(1, 2), attention_resolutions=(), num_res_blocks=1,
-                        num_classes=10, dropout=0.0, norm_groups=4)
-    return save_checkpoint(path, UNet(config), NoiseSchedule.linear(200), class_names=[str(d) for d in range(10)],
-                           sample_shape=(1, 28, 28), dataset="mnist", training={"default_guidance": 0.0})
+    config = UNetConfig(
+        base_channels=8,
+        channel_mult=(1, 2),
+        attention_resolutions=(),
+        num_res_blocks=1,
+        num_classes=10,
+        dropout=0.0,
+        norm_groups=4,
+    )
+    return save_checkpoint(
+        path,
+        UNet(config),
+        NoiseSchedule.linear(200),
+        class_names=[str(d) for d in range(10)],
+        sample_shape=(1, 28, 28),
+        dataset="mnist",
+        training={"default_guidance": 0.0},
+    )
 
 
 def run_job(client: httpx.Client, body: dict) -> tuple[float, dict, bytes]:
@@ -84,8 +98,15 @@ def bare_generate(loaded, params: dict) -> float:
     sampler = make_sampler(params["sampler"], loaded.schedule, params["steps"] if params["sampler"] == "ddim" else None)
     labels = [params["digit"]] * params["n"] if params["digit"] is not None else None
     started = time.perf_counter()
-    generate(loaded.model, sampler, sample_shape=loaded.sample_shape, num_samples=params["n"], class_labels=labels,
-             guidance_scale=params["guidance"], seed=params["seed"])
+    generate(
+        loaded.model,
+        sampler,
+        sample_shape=loaded.sample_shape,
+        num_samples=params["n"],
+        class_labels=labels,
+        guidance_scale=params["guidance"],
+        seed=params["seed"],
+    )
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - started
@@ -125,10 +146,20 @@ def main() -> int:
     env["REDIS_URL"] = redis_server.url
     port = free_port()
     log = (workdir / "stack.log").open("wb")
-    processes = [("worker", subprocess.Popen(worker_command(queue="bench"), env=env, cwd=REPO,
-                                                         stdout=log, stderr=log, start_new_session=True)),
-                 ("API", subprocess.Popen(api_command("127.0.0.1", port), env=env, cwd=REPO,
-                                                      stdout=log, stderr=log, start_new_session=True))]
+    processes = [
+        (
+            "worker",
+            subprocess.Popen(
+                worker_command(queue="bench"), env=env, cwd=REPO, stdout=log, stderr=log, start_new_session=True
+            ),
+        ),
+        (
+            "API",
+            subprocess.Popen(
+                api_command("127.0.0.1", port), env=env, cwd=REPO, stdout=log, stderr=log, start_new_session=True
+            ),
+        ),
+    ]
     rows = []
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:

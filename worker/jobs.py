@@ -49,10 +49,14 @@ class JobStore:
         self.client.expire(self.keys.job(job_id), self.ttl_s)
         return fields
 
-    def transition(self, job_id: str, to: str, allowed: tuple[str, ...], **fields: Any) -> bool:
-        """Set status ``to`` if the current status is in ``allowed`` (a 'running' job only if
-        its heartbeat is stale); also set ``fields``. True when it happened."""
-        args = transition_args(to, allowed, self.settings.stale_after_s, fields)
+    def transition(
+        self, job_id: str, to: str, allowed: tuple[str, ...], stale_after_s: float | None = None, **fields: Any
+    ) -> bool:
+        """Set status ``to`` if the current status is in ``allowed`` (a 'running' job only if its
+        heartbeat is older than ``stale_after_s``, default the setting; negative: always); also
+        set ``fields``. Atomic (one Lua script). True when it happened."""
+        stale = self.settings.stale_after_s if stale_after_s is None else stale_after_s
+        args = transition_args(to, allowed, stale, fields)
         return int(self._transition(keys=[self.keys.job(job_id)], args=args)) == 1
 
     def start(self, job_id: str, worker: str) -> bool:
@@ -78,15 +82,21 @@ class JobStore:
         return self.client.hget(self.keys.job(job_id), "cancel") == "1"
 
     def set_model(self, job_id: str, name: str, weights_sha256: str, total: int) -> None:
-        self.client.hset(self.keys.job(job_id), mapping={"model": name, "weights_sha256": weights_sha256,
-                                                        "total": str(total)})
+        self.client.hset(
+            self.keys.job(job_id), mapping={"model": name, "weights_sha256": weights_sha256, "total": str(total)}
+        )
 
     def progress(self, job_id: str, step: int, total: int, eta_s: float | None, elapsed_s: float) -> None:
         pipe = self.client.pipeline(transaction=False)
-        pipe.hset(self.keys.job(job_id), mapping={"step": str(step), "total": str(total),
-                                                  "heartbeat_at": repr(time.time())})
-        data = {"step": step, "total": total, "eta_s": None if eta_s is None else round(eta_s, 2),
-                "elapsed_s": round(elapsed_s, 2)}
+        pipe.hset(
+            self.keys.job(job_id), mapping={"step": str(step), "total": str(total), "heartbeat_at": repr(time.time())}
+        )
+        data = {
+            "step": step,
+            "total": total,
+            "eta_s": None if eta_s is None else round(eta_s, 2),
+            "elapsed_s": round(elapsed_s, 2),
+        }
         pipe.xadd(self.keys.events(job_id), event_fields("progress", data))
         pipe.execute()
 
@@ -110,34 +120,20 @@ class JobStore:
         return self._finish(job_id, "cancelled", {"step": step})
 
     def _finish(self, job_id: str, status: str, data: dict[str, Any], **fields: Any) -> bool:
+        """End a job this worker runs (or one still queued); False if it already ended."""
         assert status in TERMINAL
-        done = self.transition(job_id, status, ("running", "queued"), finished_at=repr(time.time()), **fields)
-        # 'running' matched only if stale: the normal owner finishing passes this check instead
-        if not done:
-            done = self._owner_finish(job_id, status, fields)
+        done = self.transition(
+            job_id, status, ("running", "queued"), stale_after_s=-1.0, finished_at=repr(time.time()), **fields
+        )
         if done:
             self.client.srem(self.keys.running, job_id)
             self.client.zrem(self.keys.queue, job_id)
             self.event(job_id, status, {"status": status, **data})
             for key in (self.keys.job(job_id), self.keys.events(job_id)):
                 self.client.expire(key, self.ttl_s)
+        else:
+            logger.warning("job %s had already ended; not marking it %s", job_id, status)
         return done
-
-    def _owner_finish(self, job_id: str, status: str, fields: dict[str, Any]) -> bool:
-        key = self.keys.job(job_id)
-        with self.client.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(key)
-                if pipe.hget(key, "status") != "running":
-                    pipe.unwatch()
-                    return False
-                pipe.multi()
-                pipe.hset(key, mapping={"status": status, "finished_at": repr(time.time()),
-                                        **{name: str(value) for name, value in fields.items()}})
-                pipe.execute()
-                return True
-            except redis.WatchError:
-                return False
 
     # ------------------------------------------------------------------ workers
     def worker_alive(self, name: str) -> None:

@@ -45,8 +45,9 @@ def cached_model(settings: Settings, registry: ModelRegistry, name: str | None) 
             started = time.perf_counter()
             loaded = load_checkpoint(info.path, device=pick_device(settings.device))
             _models[loaded.weights_sha256] = loaded
-            logger.info("loaded model %s (%s) in %.2f s", info.name, loaded.weights_sha256[:12],
-                        time.perf_counter() - started)
+            logger.info(
+                "loaded model %s (%s) in %.2f s", info.name, loaded.weights_sha256[:12], time.perf_counter() - started
+            )
     return info.name, loaded
 
 
@@ -59,8 +60,9 @@ class JobOutcome:
 class _Progress:
     """Generation callback: throttled progress events, small previews, GIF frames, heartbeat."""
 
-    def __init__(self, store: JobStore, job_id: str, total: int, recorder: FrameRecorder, is_points: bool,
-                 settings: Settings) -> None:
+    def __init__(
+        self, store: JobStore, job_id: str, total: int, recorder: FrameRecorder, is_points: bool, settings: Settings
+    ) -> None:
         self.store, self.job_id, self.total, self.recorder = store, job_id, total, recorder
         self.is_points = is_points
         self.interval = settings.progress_interval_s
@@ -80,8 +82,11 @@ class _Progress:
             self.store.progress(self.job_id, info.step, info.total, eta, elapsed)
             self.last_sent = now
         if self.preview_every and (info.step % self.preview_every == 0) and info.step < info.total:
-            image = scatter_image(info.pred_original_sample, 128) if self.is_points else make_grid(
-                info.pred_original_sample)
+            image = (
+                scatter_image(info.pred_original_sample, 128)
+                if self.is_points
+                else make_grid(info.pred_original_sample)
+            )
             data = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
             self.store.event(self.job_id, "preview", {"step": info.step, "total": info.total, "image": data})
 
@@ -98,8 +103,9 @@ def run_job(settings: Settings, store: JobStore, registry: ModelRegistry, job_id
         total = len(sampler.timesteps)
         store.set_model(job_id, name, loaded.weights_sha256, total)
         is_points = tuple(loaded.sample_shape) == (2,)
-        recorder = (ScatterRecorder(total, settings.gif_frames) if is_points
-                    else FrameRecorder(total, settings.gif_frames))
+        recorder = (
+            ScatterRecorder(total, settings.gif_frames) if is_points else FrameRecorder(total, settings.gif_frames)
+        )
         progress = _Progress(store, job_id, total, recorder, is_points, settings)
         n = int(params.get("n", 16))
         digit = params.get("digit")

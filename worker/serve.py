@@ -37,15 +37,45 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def worker_command(concurrency: int = 1, queue: str = "ddpm", loglevel: str = "INFO") -> list[str]:
     """The command line of one Celery worker (prefork: CUDA starts only in the pool process)."""
-    return [sys.executable, "-m", "celery", "-A", "worker.celery_app:app", "worker", "--pool", "prefork",
-            "--concurrency", str(concurrency), "--queues", queue, "--loglevel", loglevel,
-            "--without-gossip", "--without-mingle", "--hostname", f"ddpm-{os.getpid()}@%h"]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app:app",
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(concurrency),
+        "--queues",
+        queue,
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+        "--hostname",
+        f"ddpm-{os.getpid()}@%h",
+    ]
 
 
 def api_command(host: str, port: int) -> list[str]:
     """The command line of the API server."""
-    return [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", host, "--port", str(port),
-            "--log-level", "info", "--timeout-graceful-shutdown", "3"]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.app:create_app",
+        "--factory",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--log-level",
+        "info",
+        "--timeout-graceful-shutdown",
+        "3",
+    ]
 
 
 def stop_process(process: subprocess.Popen, name: str, grace: float = 10.0) -> None:
@@ -78,6 +108,21 @@ def _wait_http(url: str, timeout: float, processes: list[tuple[str, subprocess.P
     return False
 
 
+def _warn_without_models(env: dict[str, str]) -> None:
+    """Say so at start when there is nothing to serve (the page would offer no model)."""
+    from api.settings import Settings
+
+    if env.get("DDPM_CHECKPOINT"):
+        return
+    model_dir = Path(env.get("DDPM_MODEL_DIR") or Settings().model_dir)
+    if not any(model_dir.glob("*.safetensors")):
+        logger.warning(
+            "no checkpoints (*.safetensors) in %s: jobs will be refused until one is there "
+            "(use --checkpoint FILE or --model-dir DIR)",
+            model_dir,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from ddpm_core.cli import UsageError
     from worker.redis_server import EmbeddedRedis, RedisServerError
@@ -92,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.model_dir.is_dir():
             raise UsageError(f"model directory {args.model_dir} does not exist")
         env["DDPM_MODEL_DIR"] = str(args.model_dir.resolve())
+    _warn_without_models(env)
     redis_server = None
     if not env.get("REDIS_URL"):
         try:
@@ -110,10 +156,8 @@ def run(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     children: list[tuple[str, subprocess.Popen]] = []
     try:
-        children.append(("worker", subprocess.Popen(worker_command(args.concurrency), env=env,
-                                                    start_new_session=True)))
-        children.append(("API", subprocess.Popen(api_command(args.host, args.port), env=env,
-                                                 start_new_session=True)))
+        children.append(("worker", subprocess.Popen(worker_command(args.concurrency), env=env, start_new_session=True)))
+        children.append(("API", subprocess.Popen(api_command(args.host, args.port), env=env, start_new_session=True)))
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         base = f"http://{host}:{args.port}"
         if _wait_http(f"{base}/healthz", 60, children):

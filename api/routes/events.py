@@ -56,8 +56,9 @@ async def job_events(request: Request, store: AsyncJobStore, job_id: str, after:
         raise
 
 
-@router.get("/jobs/{job_id}/events", response_class=EventSourceResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+@router.get(
+    "/jobs/{job_id}/events", response_class=EventSourceResponse, responses={200: {"content": {"text/event-stream": {}}}}
+)
 async def stream_events(
     job_id: str,
     request: Request,
@@ -72,5 +73,8 @@ async def stream_events(
         if not STREAM_ID.match(last_event_id.strip()):
             raise HTTPException(400, f"Last-Event-ID {last_event_id!r} is not an event id of this API")
         after = last_event_id.strip()
-    return EventSourceResponse(job_events(request, store, job_id, after), ping=10,
-                               headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return EventSourceResponse(
+        job_events(request, store, job_id, after),
+        ping=10,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

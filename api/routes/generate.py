@@ -41,8 +41,9 @@ def resolve_params(body: GenerateRequest, model: ModelInfo, settings: Settings) 
             raise FieldError("steps", f"must be between {low} and {total} for model {model.name!r}")
     else:
         if body.steps is not None and body.steps != total:
-            raise FieldError("steps", f"the ddpm sampler runs all {total} training steps; use sampler 'ddim' "
-                             "to choose steps")
+            raise FieldError(
+                "steps", f"the ddpm sampler runs all {total} training steps; use sampler 'ddim' to choose steps"
+            )
         steps = total
     guidance = body.guidance if body.guidance is not None else model.default_guidance
     if guidance > settings.max_guidance:
@@ -60,8 +61,13 @@ def resolve_params(body: GenerateRequest, model: ModelInfo, settings: Settings) 
     }
 
 
-@router.post("/generate", status_code=202, response_model=JobAccepted, dependencies=[Depends(deps.require_api_key)],
-             responses={422: {"description": "a field is invalid"}, 429: {"description": "the queue is full"}})
+@router.post(
+    "/generate",
+    status_code=202,
+    response_model=JobAccepted,
+    dependencies=[Depends(deps.require_api_key)],
+    responses={422: {"description": "a field is invalid"}, 429: {"description": "the queue is full"}},
+)
 async def submit(
     body: GenerateRequest,
     request: Request,
@@ -79,11 +85,20 @@ async def submit(
     params = resolve_params(body, model, settings)
     queued = await store.queue_length()
     if queued >= settings.max_queue:
-        raise HTTPException(429, f"the queue is full ({queued} jobs waiting); try again later",
-                            headers={"Retry-After": "30"})
+        raise HTTPException(
+            429, f"the queue is full ({queued} jobs waiting); try again later", headers={"Retry-After": "30"}
+        )
     job_id = uuid.uuid4().hex
-    await store.create(job_id, {"params": json.dumps(params), "seed": params["seed"], "model": model.name,
-                                "weights_sha256": model.weights_sha256, "total": params["steps"]})
+    await store.create(
+        job_id,
+        {
+            "params": json.dumps(params),
+            "seed": params["seed"],
+            "model": model.name,
+            "weights_sha256": model.weights_sha256,
+            "total": params["steps"],
+        },
+    )
     try:
         await run_in_threadpool(send_generate, celery, job_id, params)
     except Exception as error:

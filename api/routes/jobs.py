@@ -40,20 +40,28 @@ async def _result(job_id: str, kind: str, store: AsyncJobStore) -> Response:
     data = await store.result(job_id, kind)
     if data is None:
         raise HTTPException(404, f"the {kind} of job {job_id} has expired")
-    headers = {"Content-Disposition": f'inline; filename="ddpm-{job_id[:8]}.{kind}"',
-               "Cache-Control": "private, max-age=86400"}
+    headers = {
+        "Content-Disposition": f'inline; filename="ddpm-{job_id[:8]}.{kind}"',
+        "Cache-Control": "private, max-age=86400",
+    }
     return Response(data, media_type=MEDIA[kind], headers=headers)
 
 
-@router.get("/jobs/{job_id}/png", response_class=Response,
-            responses={200: {"content": {"image/png": {}}}, 409: {"description": "not finished"}})
+@router.get(
+    "/jobs/{job_id}/png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, 409: {"description": "not finished"}},
+)
 async def get_png(job_id: str, store: AsyncJobStore = Depends(deps.store)) -> Response:
     """The grid of samples."""
     return await _result(job_id, "png", store)
 
 
-@router.get("/jobs/{job_id}/gif", response_class=Response,
-            responses={200: {"content": {"image/gif": {}}}, 409: {"description": "not finished"}})
+@router.get(
+    "/jobs/{job_id}/gif",
+    response_class=Response,
+    responses={200: {"content": {"image/gif": {}}}, 409: {"description": "not finished"}},
+)
 async def get_gif(job_id: str, store: AsyncJobStore = Depends(deps.store)) -> Response:
     """The denoising animation."""
     return await _result(job_id, "gif", store)

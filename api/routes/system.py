@@ -17,13 +17,21 @@ router = APIRouter(tags=["service"])
 
 
 @router.get("/models")
-async def list_models(registry: ModelRegistry = Depends(deps.registry),
-                      settings: Settings = Depends(deps.settings)) -> dict:
+async def list_models(
+    registry: ModelRegistry = Depends(deps.registry), settings: Settings = Depends(deps.settings)
+) -> dict:
     """The models on offer, read from their checkpoint headers."""
     models = await run_in_threadpool(registry.list)
-    return {"default": registry.default_name(), "models": [model.public() for model in models],
-            "limits": {"max_n": settings.max_n, "min_steps": settings.min_steps,
-                       "max_guidance": settings.max_guidance, "default_ddim_steps": settings.default_ddim_steps}}
+    return {
+        "default": registry.default_name(),
+        "models": [model.public() for model in models],
+        "limits": {
+            "max_n": settings.max_n,
+            "min_steps": settings.min_steps,
+            "max_guidance": settings.max_guidance,
+            "default_ddim_steps": settings.default_ddim_steps,
+        },
+    }
 
 
 @router.get("/healthz")
@@ -43,6 +51,7 @@ async def readyz(store: AsyncJobStore = Depends(deps.store)) -> JSONResponse:
         reason = f"Redis is unreachable: {type(error).__name__}: {error}".rstrip(": ")
         return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
     if not workers:
-        return JSONResponse({"status": "unavailable", "reason": "no worker has reported in the last 15 s"},
-                            status_code=503)
+        return JSONResponse(
+            {"status": "unavailable", "reason": "no worker has reported in the last 15 s"}, status_code=503
+        )
     return JSONResponse({"status": "ready", "workers": len(workers), "queued": queued})

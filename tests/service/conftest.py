@@ -35,11 +35,24 @@ def make_tiny_checkpoint(path: Path, num_train_timesteps: int = TIMESTEPS) -> Pa
     from ddpm_core.schedule import NoiseSchedule
 
     torch.manual_seed(0)
-    config = UNetConfig(base_channels=8, channel_mult=(1, 2), attention_resolutions=(), num_res_blocks=1,
-                        num_classes=10, dropout=0.0, norm_groups=4)
-    return save_checkpoint(path, UNet(config), NoiseSchedule.linear(num_train_timesteps),
-                           class_names=[str(digit) for digit in range(10)], sample_shape=(1, 28, 28),
-                           dataset="mnist", training={"default_guidance": 0.0})
+    config = UNetConfig(
+        base_channels=8,
+        channel_mult=(1, 2),
+        attention_resolutions=(),
+        num_res_blocks=1,
+        num_classes=10,
+        dropout=0.0,
+        norm_groups=4,
+    )
+    return save_checkpoint(
+        path,
+        UNet(config),
+        NoiseSchedule.linear(num_train_timesteps),
+        class_names=[str(digit) for digit in range(10)],
+        sample_shape=(1, 28, 28),
+        dataset="mnist",
+        training={"default_guidance": 0.0},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -58,20 +71,22 @@ def redis_server() -> Iterator[EmbeddedRedis]:
 def service_env(redis_url: str, model_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of a worker or API process under test."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("DDPM_")}
-    env.update({
-        "REDIS_URL": redis_url,
-        "DDPM_MODEL_DIR": str(model_dir),
-        "DDPM_KEY_PREFIX": KEY_PREFIX,
-        "DDPM_QUEUE_NAME": KEY_PREFIX,
-        "DDPM_TORCH_THREADS": "1",
-        "DDPM_PREVIEW_COUNT": "5",
-        "DDPM_GIF_FRAMES": "8",
-        "DDPM_PROGRESS_INTERVAL_S": "0",
-        "DDPM_HEARTBEAT_S": "0.5",
-        "DDPM_STALE_AFTER_S": "4",
-        "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": "1",
-    })
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "DDPM_MODEL_DIR": str(model_dir),
+            "DDPM_KEY_PREFIX": KEY_PREFIX,
+            "DDPM_QUEUE_NAME": KEY_PREFIX,
+            "DDPM_TORCH_THREADS": "1",
+            "DDPM_PREVIEW_COUNT": "5",
+            "DDPM_GIF_FRAMES": "8",
+            "DDPM_PROGRESS_INTERVAL_S": "0",
+            "DDPM_HEARTBEAT_S": "0.5",
+            "DDPM_STALE_AFTER_S": "4",
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+        }
+    )
     env.update(extra)
     return env
 
@@ -158,8 +173,9 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
     raise AssertionError(f"job {job_id} did not finish in {timeout} s: {job}")
 
 
-def read_events(client: httpx.Client, job_id: str, last_event_id: str | None = None,
-                limit: int | None = None) -> list[dict]:
+def read_events(
+    client: httpx.Client, job_id: str, last_event_id: str | None = None, limit: int | None = None
+) -> list[dict]:
     """Parse the SSE stream of a job into [{id, event, data}], stopping after ``limit`` events."""
     import json
 
@@ -183,4 +199,3 @@ def read_events(client: httpx.Client, job_id: str, last_event_id: str | None = N
             name, _, value = line.partition(":")
             current[name] = value[1:] if value.startswith(" ") else value
     return events
-

@@ -93,35 +93,37 @@ def test_models_health_docs_and_page(client: httpx.Client) -> None:
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
 
 
-def test_full_queue_429_api_keys_and_streams_free_their_redis_connection(redis_server: EmbeddedRedis,
-                                                                         model_dir: Path) -> None:
-    # an API with a queue of 2, an API key, and no worker on its queue
-    env = service_env(redis_server.url, model_dir, DDPM_MAX_QUEUE="2", DDPM_KEY_PREFIX="ddpmfull",
-                      DDPM_QUEUE_NAME="ddpmfull", DDPM_API_KEYS="k-one,k-two")
+def test_full_queue_429_api_keys_and_streams_free_their_redis_connection(model_dir: Path) -> None:
+    # an API with a queue of 2, API keys and no worker, on a Redis of its own
+    server = EmbeddedRedis().start()
+    env = service_env(server.url, model_dir, DDPM_MAX_QUEUE="2", DDPM_API_KEYS="k-one,k-two")
     process, base = start_api(env, "api-full.log")
-    store = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    store = redis.Redis.from_url(server.url, decode_responses=True)
     try:
         with httpx.Client(base_url=base, timeout=10) as http:
             refused = http.post("/generate", json={"n": 1})
             assert refused.status_code == 401 and "API key" in refused.json()["message"]
             assert http.post("/generate", json={"n": 1}, headers={"x-api-key": "wrong"}).status_code == 401
-            jobs = [http.post("/generate", json={"n": 1}, headers=headers).json()["id"]
-                    for headers in ({"x-api-key": "k-one"}, {"authorization": "Bearer k-two"})]
+            jobs = [
+                http.post("/generate", json={"n": 1}, headers=headers).json()["id"]
+                for headers in ({"x-api-key": "k-one"}, {"authorization": "Bearer k-two"})
+            ]
             refused = http.post("/generate", json={"n": 1}, headers={"x-api-key": "k-one"})
             assert refused.status_code == 429
             assert int(refused.headers["retry-after"]) > 0
             assert "queue is full" in refused.json()["message"]
             assert http.delete(f"/jobs/{jobs[0]}").status_code == 401
-            ready = http.get("/readyz")  # no worker reports under this prefix
+            ready = http.get("/readyz")  # no worker
             assert ready.status_code == 503 and "no worker" in ready.json()["reason"]
 
             # a stream of a queued job blocks on Redis; when its client leaves, the read ends
             before = blocked_clients(store)
+            assert before == 0
             with http.stream("GET", f"/jobs/{jobs[1]}/events") as stream:
                 assert next(stream.iter_lines()).startswith("id:")
                 deadline = time.monotonic() + 10
                 while blocked_clients(store) <= before:
-                    assert time.monotonic() < deadline, "the stream never blocked on Redis"
+                    assert time.monotonic() < deadline, f"the stream never blocked on Redis: {store.client_list()}"
                     time.sleep(0.1)
         deadline = time.monotonic() + 10
         while blocked_clients(store) > before:
@@ -129,6 +131,7 @@ def test_full_queue_429_api_keys_and_streams_free_their_redis_connection(redis_s
             time.sleep(0.2)
     finally:
         stop_process(process, "API")
+        server.stop()
 
 
 def blocked_clients(store: redis.Redis) -> int:

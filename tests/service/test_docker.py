@@ -91,15 +91,16 @@ def test_worker_images_install_the_project_as_the_readme_does() -> None:
     if readme.is_file() and "pip install" in readme.read_text():
         assert "pip install torch==2.13.0 -e '.[service]'" in readme.read_text()
     for text in (gpu, cpu):
-        assert "worker.celery_app:app" in text and "--pool\", \"prefork\"" in text and "--concurrency\", \"1\"" in text
+        assert "worker.celery_app:app" in text and '--pool", "prefork"' in text and '--concurrency", "1"' in text
         assert "HEALTHCHECK" in text and "inspect ping" in text
 
 
 @pytest.mark.parametrize("name", ["api", "worker", "worker-cpu"])
 def test_images_copy_what_their_dockerignore_lets_through(name: str) -> None:
     text = dockerfile(f"{name}.Dockerfile")
-    allowed = {line.strip("!/") for line in dockerfile(f"{name}.Dockerfile.dockerignore").splitlines()
-               if line.startswith("!")}
+    allowed = {
+        line.strip("!/") for line in dockerfile(f"{name}.Dockerfile.dockerignore").splitlines() if line.startswith("!")
+    }
     for source in re.findall(r"^COPY (.+) \S+$", text, re.M):
         for path in source.split():
             assert path in allowed, f"{path} is copied but excluded from the build context"

@@ -15,9 +15,18 @@ import pytest
 
 from tests.service.conftest import ARTIFACTS
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1200,1400"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1200,1400",
+]
 
 
 def _find(*names: str) -> str | None:
@@ -33,8 +42,10 @@ def browser() -> Iterator[object]:
     chromium = _find("chromium", "chromium-browser")
     driver_path = _find("chromedriver")
     if not chromium or not driver_path:
-        message = "headless browser test needs Debian's chromium and chromium-driver (apt-get install -y " \
-                  f"chromium chromium-driver); found chromium={chromium}, chromedriver={driver_path}"
+        message = (
+            "headless browser test needs Debian's chromium and chromium-driver (apt-get install -y "
+            f"chromium chromium-driver); found chromium={chromium}, chromedriver={driver_path}"
+        )
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

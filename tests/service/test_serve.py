@@ -25,7 +25,12 @@ def test_ddpm_serve_runs_the_stack_and_stops_on_ctrl_c(model_dir: Path) -> None:
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "ddpm_core", "serve", "--port", str(port), "--model-dir", str(model_dir)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 120
