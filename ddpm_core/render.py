@@ -66,12 +66,13 @@ def save_grid(samples: torch.Tensor, path: str | Path, columns: int | None = Non
 
 
 def frame_steps(total: int, num_frames: int, power: float = 2.0) -> list[int]:
-    """Which of the 1-based steps 1..total to show: ``num_frames`` steps, denser near the end
-    where the image forms (step = total * u**(1/power) for evenly spaced u), always the last."""
-    num_frames = max(1, min(num_frames, total))
-    positions = np.linspace(0.0, 1.0, num_frames + 1)[1:] ** (1.0 / power)
-    steps = sorted({max(1, min(total, int(round(total * p)))) for p in positions} | {total})
-    return steps
+    """Which of the 1-based steps 1..total to show: about ``num_frames`` steps from the first
+    (nearly pure noise) to the last, denser near the end where the image forms
+    (step = total * u**(1/power) for evenly spaced u)."""
+    if num_frames >= total:
+        return list(range(1, total + 1))
+    positions = np.linspace(0.0, 1.0, max(num_frames, 2)) ** (1.0 / power)
+    return sorted({max(1, min(total, int(round(total * p)))) for p in positions} | {1, total})
 
 
 class FrameRecorder:
@@ -131,7 +132,7 @@ def scatter_image(points: torch.Tensor | np.ndarray, size: int = 512, board: boo
     for x, y in pixels:
         px, py = x, size - y
         if -2 <= px <= size + 2 and -2 <= py <= size + 2:
-            draw.point((px, py), fill=(20, 60, 160))
+            draw.ellipse((px - 1.2, py - 1.2, px + 1.2, py + 1.2), fill=(20, 60, 160))
     return np.asarray(image)
 
 

@@ -25,13 +25,19 @@ import torch
 SCHEDULE_KINDS = ("linear", "cosine")
 
 
-def linear_betas(num_train_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+def linear_betas(
+    num_train_timesteps: int, beta_start: float | None = None, beta_end: float | None = None
+) -> np.ndarray:
     """Betas rising linearly from ``beta_start`` to ``beta_end`` (Ho et al. 2020, section 4).
 
-    The paper's values (1e-4, 0.02) are for T = 1000; they are used as given for any T.
+    The defaults are the paper's 1e-4 and 0.02 for T = 1000, scaled by 1000 / T for other T as
+    in improved-diffusion, so that alphabar_T stays near zero (x_T is pure noise) for any T.
     Returns a float64 array of shape (T,).
     """
     _check_num_steps(num_train_timesteps)
+    scale = 1000.0 / num_train_timesteps
+    beta_start = 1e-4 * scale if beta_start is None else beta_start
+    beta_end = min(0.02 * scale, 0.999) if beta_end is None else beta_end
     if not 0.0 < beta_start <= beta_end < 1.0:
         raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
     return np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float64)
@@ -131,15 +137,18 @@ class NoiseSchedule:
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def linear(cls, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
-        """The linear schedule of Ho et al. (2020)."""
+    def linear(
+        cls, num_train_timesteps: int = 1000, beta_start: float | None = None, beta_end: float | None = None
+    ) -> NoiseSchedule:
+        """The linear schedule of Ho et al. (2020); see :func:`linear_betas` for the defaults."""
+        betas = linear_betas(num_train_timesteps, beta_start, beta_end)
         config = {
             "kind": "linear",
             "num_train_timesteps": int(num_train_timesteps),
-            "beta_start": float(beta_start),
-            "beta_end": float(beta_end),
+            "beta_start": float(betas[0]),
+            "beta_end": float(betas[-1]),
         }
-        return cls(linear_betas(num_train_timesteps, beta_start, beta_end), config)
+        return cls(betas, config)
 
     @classmethod
     def cosine(cls, num_train_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:
@@ -218,7 +227,7 @@ class NoiseSchedule:
         key = (name, like.device, like.dtype)
         table = self._tables.get(key)
         if table is None:  # cast once per device and dtype, so no host copy happens per call
-            table = torch.from_numpy(getattr(self, name)).to(device=like.device, dtype=like.dtype)
+            table = torch.tensor(getattr(self, name)).to(device=like.device, dtype=like.dtype)
             self._tables[key] = table
         index = torch.as_tensor(timesteps, device=like.device).to(torch.long).reshape(-1)
         return table[index].reshape(-1, *([1] * (like.ndim - 1)))

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 # Per-dataset defaults: the MNIST U-Net is sized to sample 16 digits in 1000 steps on 2 CPU cores.
 DEFAULTS = {
     "mnist": {
+        "schedule": ("linear", 1000),
         "model": {
             "image_size": 28,
             "in_channels": 1,
@@ -37,6 +38,7 @@ DEFAULTS = {
         "train": {"batch_size": 128, "max_steps": 20_000, "learning_rate": 1e-3, "sample_every": 1000},
     },
     "folder": {
+        "schedule": ("linear", 1000),
         "model": {
             "image_size": 32,
             "in_channels": 3,
@@ -49,12 +51,14 @@ DEFAULTS = {
         "train": {"batch_size": 64, "max_steps": 20_000, "learning_rate": 2e-4, "sample_every": 1000},
     },
     "checkerboard": {
+        "schedule": ("cosine", 200),
         "model": {"hidden_dim": 256, "num_layers": 3},
         "train": {
             "batch_size": 512,
-            "max_steps": 3000,
+            "max_steps": 4000,
             "learning_rate": 2e-3,
             "warmup_steps": 100,
+            "lr_schedule": "cosine",
             "ema_decay": 0.995,
             "checkpoint_every": 1000,
             "log_every": 100,
@@ -78,6 +82,7 @@ TRAIN_OPTIONS = (
     "batch_size",
     "learning_rate",
     "warmup_steps",
+    "lr_schedule",
     "weight_decay",
     "grad_clip",
     "ema_decay",
@@ -110,6 +115,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--batch-size", type=int)
     group.add_argument("--lr", dest="learning_rate", type=float)
     group.add_argument("--warmup-steps", type=int)
+    group.add_argument("--lr-schedule", choices=("constant", "cosine"), help="after warm-up (default constant)")
     group.add_argument("--weight-decay", type=float)
     group.add_argument("--grad-clip", type=float)
     group.add_argument("--ema-decay", type=float)
@@ -120,8 +126,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--log-every", type=int)
     group.add_argument("--seed", type=int)
     group = parser.add_argument_group("model and schedule")
-    group.add_argument("--schedule", choices=("linear", "cosine"), default="linear")
-    group.add_argument("--num-train-timesteps", type=int, default=1000)
+    group.add_argument(
+        "--schedule", choices=("linear", "cosine"), help="noise schedule (default: linear; cosine for checkerboard)"
+    )
+    group.add_argument("--num-train-timesteps", type=int, help="T (default 1000; 200 for checkerboard)")
     group.add_argument("--image-size", type=int)
     group.add_argument("--channels", dest="in_channels", type=int, help="image channels (folder data sets)")
     group.add_argument("--base-channels", type=int)
@@ -182,10 +190,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         data = load_data(args, model_options)
         model = build_new_model(kind, model_options, len(data.class_names))
-        schedule = (
-            NoiseSchedule.linear(args.num_train_timesteps)
-            if args.schedule == "linear"
-            else NoiseSchedule.cosine(args.num_train_timesteps)
+        default_kind, default_steps = DEFAULTS[kind]["schedule"]
+        schedule_kind = args.schedule or default_kind
+        schedule = NoiseSchedule.from_config(
+            {"kind": schedule_kind, "num_train_timesteps": args.num_train_timesteps or default_steps}
         )
         if args.init_from:
             source = load_checkpoint(args.init_from)

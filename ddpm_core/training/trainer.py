@@ -31,6 +31,7 @@ from ddpm_core.training.state import load_training_state, save_training_state
 logger = logging.getLogger(__name__)
 
 LOSSES = ("mse", "l1")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class TrainConfig:
     batch_size: int = 128
     learning_rate: float = 1e-3
     warmup_steps: int = 500
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -56,6 +58,8 @@ class TrainConfig:
             raise ValueError("max_steps and batch_size must be positive")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
         if not 0.0 <= self.label_dropout <= 1.0:
             raise ValueError("label_dropout must be in [0, 1]")
         if self.learning_rate <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:
@@ -116,10 +120,14 @@ class Trainer:
 
     # ----------------------------------------------------------------- one step
     def learning_rate(self, step: int) -> float:
-        """Linear warm-up to the configured rate, then constant."""
-        if self.config.warmup_steps and step < self.config.warmup_steps:
-            return self.config.learning_rate * (step + 1) / self.config.warmup_steps
-        return self.config.learning_rate
+        """Linear warm-up to the configured rate, then constant, or a cosine decay to 10% at ``max_steps``."""
+        config = self.config
+        if config.warmup_steps and step < config.warmup_steps:
+            return config.learning_rate * (step + 1) / config.warmup_steps
+        if config.lr_schedule == "cosine":
+            progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
+            return config.learning_rate * (0.1 + 0.45 * (1.0 + math.cos(math.pi * progress)))
+        return config.learning_rate
 
     def loss(self, clean: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The training loss on a batch (B, ...) with labels (B,); a scalar tensor."""
@@ -249,6 +257,16 @@ class Trainer:
         logger.info("saved step %d to %s", self.step, path)
         return path
 
+    def _truncate_log(self) -> None:
+        """Drop log lines written after the state being resumed, so each step is logged once."""
+        log_path = self.run_dir / "log.jsonl"
+        if not log_path.is_file():
+            return
+        kept = [
+            line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.step
+        ]
+        log_path.write_text("".join(line + "\n" for line in kept))
+
     def resume(self) -> None:
         """Restore the state written by :meth:`save` (model, EMA, optimiser, step, RNG, data order)."""
         tensors, optimizer_state, info = load_training_state(self.run_dir)
@@ -270,4 +288,5 @@ class Trainer:
         self.step = int(info["step"])
         self.ema.num_updates = int(info["ema_updates"])
         self.elapsed_seconds = float(info.get("elapsed_seconds", 0.0))
+        self._truncate_log()
         logger.info("resumed %s at step %d", self.run_dir, self.step)
