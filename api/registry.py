@@ -57,6 +57,7 @@ class ModelRegistry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._cache: dict[Path, tuple[tuple[float, int], ModelInfo]] = {}
+        self._skipped: set[tuple[Path, float]] = set()  # unusable files, logged once
         self._lock = threading.Lock()
 
     def paths(self) -> dict[str, Path]:
@@ -75,7 +76,7 @@ class ModelRegistry:
         name = name or self.default_name()
         paths = self.paths()
         if name not in paths:
-            available = ", ".join(paths) or "none"
+            available = ", ".join(model.name for model in self.list()) or "none"
             raise UnknownModel(
                 f"unknown model {name!r}; available: {available} (model directory {self.settings.model_dir})"
             )
@@ -93,8 +94,11 @@ class ModelRegistry:
         for name, path in self.paths().items():
             try:
                 models.append(self._info(name, path))
-            except (CheckpointError, OSError) as error:
-                logger.warning("skipping model %s: %s", path, error)
+            except (UnknownModel, CheckpointError, OSError) as error:
+                stamp = (path, path.stat().st_mtime if path.exists() else 0.0)
+                if stamp not in self._skipped:
+                    self._skipped.add(stamp)
+                    logger.warning("not offering %s: %s", path, error)
         return models
 
     def _info(self, name: str, path: Path) -> ModelInfo:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     preview_count: int = Field(20, ge=0)  # preview images per job
     gif_frames: int = Field(40, ge=2)
     progress_interval_s: float = Field(0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _visibility_outlasts_jobs(self) -> Settings:
+        # a job still running when the broker's visibility timeout ends would be delivered twice
+        if self.visibility_timeout_s <= self.max_job_s:
+            raise ValueError(
+                f"DDPM_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed DDPM_MAX_JOB_S ({self.max_job_s})"
+            )
+        return self
 
     @property
     def api_key_set(self) -> frozenset[str]:

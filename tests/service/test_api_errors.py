@@ -171,3 +171,18 @@ def test_api_process_never_imports_torch(base_url: str, api: tuple[subprocess.Po
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) is False
+
+
+def test_a_foreign_safetensors_file_is_not_offered(client: httpx.Client, model_dir: Path) -> None:
+    header = json.dumps({"__metadata__": {"format": "someone-else"}}).encode()
+    foreign = model_dir / "classifier.safetensors"
+    foreign.write_bytes(len(header).to_bytes(8, "little") + header)
+    try:
+        assert [model["name"] for model in client.get("/models").json()["models"]] == ["mnist"]
+        response = client.post("/generate", json={"model": "classifier"})
+        assert response.status_code == 422
+        assert "not a ddpm-service checkpoint" in response.json()["message"]
+        unknown = client.post("/generate", json={"model": "nope"}).json()["message"]
+        assert "available: mnist " in unknown and "classifier" not in unknown
+    finally:
+        foreign.unlink()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import httpx
 from PIL import Image
@@ -125,3 +126,14 @@ def test_cancel_a_queued_job(client: httpx.Client) -> None:
     assert wait_job(client, queued["id"])["status"] == "cancelled"
     events = read_events(client, queued["id"])
     assert [event["event"] for event in events] == ["queued", "cancelled"]
+
+
+def test_torch_lives_only_in_the_pool_process_never_in_the_forking_worker(client: httpx.Client, worker) -> None:
+    # the worker's main process forks pool processes: it must not load torch (nor CUDA) itself
+    job = submit(client, n=1, sampler="ddim", steps=10)
+    assert wait_job(client, job["id"])["status"] == "succeeded"
+    main_maps = Path(f"/proc/{worker.pid}/maps").read_text()
+    assert "libtorch" not in main_maps
+    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+    assert children, "the worker has no pool process"
+    assert any("libtorch" in Path(f"/proc/{child}/maps").read_text() for child in children)

@@ -43,9 +43,7 @@ def test_a_job_that_raises_ends_failed_with_its_message(client: httpx.Client, mo
 
 def test_a_killed_workers_job_is_run_again_with_the_same_result(redis_server: EmbeddedRedis, model_dir: Path) -> None:
     prefix = "ddpmkill"
-    env = service_env(
-        redis_server.url, model_dir, DDPM_KEY_PREFIX=prefix, DDPM_QUEUE_NAME=prefix, DDPM_STALE_AFTER_S="3"
-    )
+    env = service_env(redis_server.url, model_dir, DDPM_KEY_PREFIX=prefix, DDPM_QUEUE_NAME=prefix)
     store = redis.Redis.from_url(redis_server.url, decode_responses=True)
     api, base = start_api(env, "api-kill.log")
     first = start_logged(worker_command(queue=prefix), env, "worker-kill.log")
