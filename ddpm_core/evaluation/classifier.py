@@ -121,9 +121,7 @@ def preprocess(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def classify(
-    model: DigitClassifier, images: np.ndarray, batch_size: int = 500
-) -> tuple[np.ndarray, np.ndarray]:
+def classify(model: DigitClassifier, images: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """Predicted labels (N,) int64 and float64 features (N, D) of uint8 images (N, 28, 28)."""
     model.eval()
     labels, features = [], []
