@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+from ddpm_core import DDIMSampler, DDPMSampler, GenerationCancelled, NoiseSchedule, UNet, UNetConfig, generate
+from ddpm_core.pipeline import guided_model_output
+
+TINY = UNetConfig(
+    image_size=8,
+    in_channels=1,
+    base_channels=8,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(4,),
+    num_heads=2,
+    dropout=0.0,
+    num_classes=3,
+    norm_groups=4,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    net = UNet(TINY).eval()
+    with torch.no_grad():  # the zero-initialised output layers would make every output 0
+        for parameter in net.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return net
+
+
+def sampler(steps=8):
+    s = DDIMSampler(NoiseSchedule.linear(50), eta=1.0)
+    s.set_timesteps(steps)
+    return s
+
+
+def test_unet_shapes_and_configs():
+    for config in (
+        TINY,
+        UNetConfig(
+            image_size=16,
+            in_channels=3,
+            base_channels=8,
+            channel_mult=(1, 2, 2),
+            attention_resolutions=(8,),
+            num_classes=0,
+            norm_groups=4,
+        ),
+    ):
+        net = UNet(config)
+        x = torch.randn(2, config.in_channels, config.image_size, config.image_size)
+        assert net(x, torch.tensor([3, 7])).shape == x.shape
+    with pytest.raises(ValueError, match="divisible"):
+        UNetConfig(image_size=28, channel_mult=(1, 2, 2, 2))
+    with pytest.raises(ValueError, match="attention_resolutions"):
+        UNetConfig(image_size=28, attention_resolutions=(5,))
+
+
+def test_guidance_zero_is_the_plain_conditional_output(model):
+    x = torch.randn(4, 1, 8, 8)
+    labels = torch.tensor([0, 1, 2, 1])
+    t = torch.tensor([20])
+    plain = model(x, t.expand(4), labels)
+    torch.testing.assert_close(guided_model_output(model, x, t, labels, 0.0, 3), plain)
+    guided = guided_model_output(model, x, t, labels, 2.0, 3)
+    unconditional = model(x, t.expand(4), torch.full((4,), 3))
+    torch.testing.assert_close(guided, plain + 2.0 * (plain - unconditional), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(guided, plain)
+
+
+def test_seeded_generation_is_deterministic(model):
+    first = generate(model, sampler(), sample_shape=(1, 8, 8), class_labels=[0, 1], guidance_scale=1.5, seed=11)
+    second = generate(model, sampler(), sample_shape=(1, 8, 8), class_labels=[0, 1], guidance_scale=1.5, seed=11)
+    other = generate(model, sampler(), sample_shape=(1, 8, 8), class_labels=[0, 1], guidance_scale=1.5, seed=12)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert not torch.allclose(first, other)
+
+
+def test_each_sample_depends_only_on_its_own_seed(model):
+    batch = generate(model, sampler(), sample_shape=(1, 8, 8), class_labels=[2, 0, 1, None], guidance_scale=1.0, seed=5)
+    alone = generate(model, sampler(), sample_shape=(1, 8, 8), class_labels=[1], guidance_scale=1.0, seed=[7])
+    torch.testing.assert_close(batch[2:3], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_callback_and_cancellation(model):
+    seen = []
+    generate(
+        model,
+        sampler(6),
+        sample_shape=(1, 8, 8),
+        num_samples=2,
+        seed=0,
+        callback=lambda info: seen.append((info.step, info.total, info.sample.shape, info.pred_original_sample.shape)),
+    )
+    assert [s[0] for s in seen] == [1, 2, 3, 4, 5, 6]
+    assert all(s[1] == 6 and s[2] == (2, 1, 8, 8) and s[3] == (2, 1, 8, 8) for s in seen)
+    calls = []
+
+    def stop_after_three():
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(GenerationCancelled) as cancelled:
+        generate(
+            model,
+            DDPMSampler(NoiseSchedule.linear(50)),
+            sample_shape=(1, 8, 8),
+            num_samples=1,
+            should_stop=stop_after_three,
+        )
+    assert cancelled.value.step == 3 and cancelled.value.total == 50
+
+
+def test_bad_labels_are_refused(model):
+    with pytest.raises(ValueError, match="out of range"):
+        generate(model, sampler(), sample_shape=(1, 8, 8), class_labels=[5])
+    with pytest.raises(ValueError, match="guidance"):
+        generate(model, sampler(), sample_shape=(1, 8, 8), num_samples=1, guidance_scale=-1)
