@@ -16,6 +16,7 @@ COMMANDS = {
     "train": "ddpm_core.cli.train",
     "sample": "ddpm_core.cli.sample",
     "evaluate": "ddpm_core.cli.evaluate",
+    "export": "ddpm_core.cli.export",
     "serve": "worker.serve",
 }
 OWN_PACKAGES = ("ddpm_core", "worker", "api")

@@ -175,3 +175,18 @@ def test_bad_options_fail_cleanly(tmp_path):
         (broken / name).write_bytes(b"garbage")
     result = ddpm("train", "--dataset", "mnist", "--data-dir", broken, "--out", tmp_path / "r", check=False)
     assert result.returncode != 0 and "not an IDX file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_export_sets_the_default_guidance(trained_run):
+    from ddpm_core import load_checkpoint
+
+    source = trained_run / "run" / "model.safetensors"
+    target = trained_run / "served.safetensors"
+    ddpm("export", "--checkpoint", source, "--out", target, "--default-guidance", 1.5)
+    exported, original = load_checkpoint(target), load_checkpoint(source)
+    assert exported.training["default_guidance"] == 1.5
+    assert exported.training["steps"] == original.training["steps"]
+    for name, tensor in original.model.state_dict().items():
+        torch.testing.assert_close(exported.model.state_dict()[name], tensor, rtol=0, atol=0)
+    result = ddpm("export", "--checkpoint", source, "--out", source, check=False)
+    assert result.returncode == 2 and "must differ" in result.stderr
