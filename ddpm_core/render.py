@@ -82,17 +82,20 @@ class FrameRecorder:
     sample beside the predicted clean x_0.
     """
 
-    def __init__(self, total_steps: int, num_frames: int = 40, show_prediction: bool = True) -> None:
+    def __init__(
+        self, total_steps: int, num_frames: int = 40, show_prediction: bool = True, columns: int | None = None
+    ) -> None:
         self.steps = set(frame_steps(total_steps, num_frames))
         self.show_prediction = show_prediction
+        self.columns = columns
         self.frames: list[np.ndarray] = []
 
     def __call__(self, info: StepInfo) -> None:
         if info.step not in self.steps:
             return
-        grid = make_grid(info.sample)
+        grid = make_grid(info.sample, self.columns)
         if self.show_prediction:
-            prediction = make_grid(info.pred_original_sample)
+            prediction = make_grid(info.pred_original_sample, self.columns)
             gap = np.full((grid.shape[0], 6, grid.shape[2]), 255, np.uint8)
             grid = np.concatenate([grid, gap, prediction], axis=1)
         self.frames.append(grid)

@@ -25,6 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--checkpoint", required=True, type=Path)
     parser.add_argument("--digit", type=int, help="class to draw (default: unconditional)")
+    parser.add_argument("--all-classes", action="store_true", help="draw --n samples of every class, a grid row each")
     parser.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
     parser.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
     parser.add_argument("--steps", type=int, help="sampling steps (default: all training steps)")
@@ -44,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise UsageError("--n must be at least 1")
     checkpoint = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    if args.all_classes and (args.digit is not None or checkpoint.num_classes == 0):
+        raise UsageError("--all-classes needs a class-conditional model and no --digit")
     if args.digit is not None:
         if checkpoint.num_classes == 0:
             raise UsageError(f"{args.checkpoint} is an unconditional model: --digit is not allowed")
@@ -60,14 +63,17 @@ def run(args: argparse.Namespace) -> int:
     recorder = None
     if args.gif:
         total = len(sampler.timesteps)
-        recorder = ScatterRecorder(total) if is_points else FrameRecorder(total)
+        columns = args.n if args.all_classes else None
+        recorder = ScatterRecorder(total) if is_points else FrameRecorder(total, columns=columns)
     labels = [args.digit] * args.n if args.digit is not None else None
+    if args.all_classes:
+        labels = [label for label in range(checkpoint.num_classes) for _ in range(args.n)]
     started = time.perf_counter()
     samples = generate(
         checkpoint.model,
         sampler,
         sample_shape=checkpoint.sample_shape,
-        num_samples=args.n,
+        num_samples=len(labels) if labels else args.n,
         class_labels=labels,
         guidance_scale=guidance,
         seed=args.seed,
@@ -76,13 +82,16 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     logger.info(
         "sampled %d in %.1f s (%d steps, %.1f ms/step)",
-        args.n,
+        len(samples),
         seconds,
         len(sampler.timesteps),
         1000 * seconds / len(sampler.timesteps),
     )
     if args.png:
-        (save_scatter if is_points else save_grid)(samples, args.png)
+        if is_points:
+            save_scatter(samples, args.png)
+        else:
+            save_grid(samples, args.png, columns=args.n if args.all_classes else None)
     if args.gif:
         save_gif(recorder.frames, args.gif)
     if args.npy:

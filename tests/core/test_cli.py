@@ -70,6 +70,31 @@ def test_train_writes_checkpoint_log_and_samples(trained_run):
     assert (run / "samples" / "step_0000012.png").is_file()
 
 
+def test_sample_all_classes(trained_run):
+    out = trained_run / "all.npy"
+    ddpm(
+        "sample",
+        "--checkpoint",
+        trained_run / "run" / "model.safetensors",
+        "--all-classes",
+        "--n",
+        2,
+        "--sampler",
+        "ddim",
+        "--steps",
+        3,
+        "--npy",
+        out,
+        "--png",
+        trained_run / "all.png",
+    )
+    assert np.load(out).shape == (20, 1, 28, 28)
+    from PIL import Image
+
+    width, height = Image.open(trained_run / "all.png").size
+    assert height > 4 * width  # ten rows of two
+
+
 def test_sample_writes_png_gif_and_npy(trained_run):
     out = trained_run / "out"
     ddpm(
