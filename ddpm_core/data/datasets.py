@@ -54,7 +54,7 @@ class ImageData:
             if self._position >= len(self._order):
                 self._order = torch.randperm(len(self.images), generator=generator)
                 self._position = 0
-            take = self._order[self._position:self._position + needed]
+            take = self._order[self._position : self._position + needed]
             self._position += len(take)
             needed -= len(take)
             indices.append(take)

@@ -59,7 +59,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) - header_size != expected:
-        raise DatasetError(f"{path}: expected {expected} bytes of data for shape {shape}, found {len(data) - header_size}")
+        raise DatasetError(
+            f"{path}: expected {expected} bytes of data for shape {shape}, found {len(data) - header_size}"
+        )
     return np.frombuffer(data, dtype=dtype, offset=header_size).reshape(shape)
 
 
