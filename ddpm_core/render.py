@@ -101,7 +101,7 @@ class FrameRecorder:
         self.frames.append(grid)
 
 
-def gif_bytes(frames: Sequence[np.ndarray], frame_ms: int = 80, hold_last_ms: int = 1500, scale: int = 2) -> bytes:
+def gif_bytes(frames: Sequence[np.ndarray], frame_ms: int = 80, hold_last_ms: int = 1500, scale: int = 1) -> bytes:
     """Encode frames (H, W, C) uint8 as a looping GIF, holding the final frame."""
     if not frames:
         raise ValueError("no frames to encode")
