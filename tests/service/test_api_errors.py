@@ -116,13 +116,16 @@ def test_full_queue_429_api_keys_and_streams_free_their_redis_connection(model_d
             ready = http.get("/readyz")  # no worker
             assert ready.status_code == 503 and "no worker" in ready.json()["reason"]
 
-            # a stream of a queued job reads Redis; when its client leaves, no blocked read is left behind
+            # a stream of a queued job blocks on Redis; when its client leaves, the read ends
             before = blocked_clients(store)
             assert before == 0
             with http.stream("GET", f"/jobs/{jobs[1]}/events") as stream:
-                assert next(stream.iter_lines()).startswith("id:")
-                deadline = time.monotonic() + 10
-                while blocked_clients(store) <= before and time.monotonic() < deadline:
+                # keep the line iterator referenced: a dropped httpx iterator closes the connection
+                lines = stream.iter_lines()
+                assert next(lines).startswith("id:")
+                deadline = time.monotonic() + 20
+                while blocked_clients(store) <= before:
+                    assert time.monotonic() < deadline, f"the stream never blocked on Redis: {store.client_list()}"
                     time.sleep(0.1)
         deadline = time.monotonic() + 20
         while blocked_clients(store) > before:
