@@ -26,7 +26,16 @@ from ddpm_core.evaluation.classifier import (
     to_uint8,
     train_classifier,
 )
-from ddpm_core.evaluation.fid import feature_stats, fid_from_features, frechet_distance, trace_sqrt_product
+from ddpm_core.evaluation.evaluate import Reference
+from ddpm_core.evaluation.fid import (
+    FeatureStats,
+    extrapolate_fid,
+    feature_stats,
+    fid_from_features,
+    fid_from_stats,
+    frechet_distance,
+    trace_sqrt_product,
+)
 from ddpm_core.models import MLPConfig, build_model
 from ddpm_core.schedule import NoiseSchedule
 
@@ -126,6 +135,51 @@ def test_feature_stats_and_shape_errors():
         feature_stats(np.zeros((1, 3)))
     with pytest.raises(ValueError):
         frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+
+
+def correlated_gaussian(seed: int, dim: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """A random full covariance (dim, dim) and its Cholesky factor."""
+    a = np.random.default_rng(seed).normal(size=(dim, dim)) / np.sqrt(dim)
+    cov = a @ a.T + 0.5 * np.eye(dim)
+    return cov, np.linalg.cholesky(cov)
+
+
+def test_extrapolated_fid_removes_the_small_sample_bias():
+    # The reference is the exact distribution, so 1000 samples from it have a true FID of 0 but
+    # score about 0.1 from bias alone; shifted by a unit vector, their true FID is exactly 1.
+    # Averaged over 8 draws, the extrapolations' sampling noise (about 0.08 per draw) is small.
+    raw, unbiased, raw_shifted, unbiased_shifted = [], [], [], []
+    for seed in range(8):
+        cov, factor = correlated_gaussian(seed)
+        reference = FeatureStats(np.zeros(16), cov, 10**9)
+        samples = np.random.default_rng(100 + seed).normal(size=(1000, 16)) @ factor.T
+        same = extrapolate_fid(samples, reference, seed=seed)
+        assert same.fids[-1] == pytest.approx(fid_from_stats(feature_stats(samples), reference))  # full set last
+        assert same.slope > 0 and same.fids[0] > same.fids[-1]  # smaller subsets score worse
+        assert same.at(1000) == pytest.approx(same.fid_infinity + same.slope / 1000)
+        shifted = extrapolate_fid(samples + np.eye(16)[0], reference, seed=seed)
+        raw.append(same.fids[-1])
+        unbiased.append(same.fid_infinity)
+        raw_shifted.append(shifted.fids[-1])
+        unbiased_shifted.append(shifted.fid_infinity)
+    assert np.mean(raw) > 0.08 and abs(np.mean(unbiased)) < 0.03
+    assert np.mean(raw_shifted) > 1.05 and abs(np.mean(unbiased_shifted) - 1.0) < 0.1
+
+
+def test_extrapolated_fid_input_checks_and_the_reference_report():
+    cov, factor = correlated_gaussian(7, dim=4)
+    rng = np.random.default_rng(7)
+    with pytest.raises(ValueError, match="at least 200"):
+        extrapolate_fid(rng.normal(size=(199, 4)), FeatureStats(np.zeros(4), cov, 10), seed=0)
+    train, test = rng.normal(size=(600, 4)) @ factor.T, rng.normal(size=(600, 4)) @ factor.T
+    reference = Reference(feature_stats(test), 0.99, train, fid_from_features(train, test))
+    assert reference.extrapolated(train[:150]) is None  # too few samples
+    assert reference.extrapolated(rng.normal(size=(601, 4))) is None  # more than the floor's training images
+    report = reference.extrapolated(rng.normal(size=(400, 4)) @ factor.T + 0.5)
+    assert report["sizes"][0] == 80 and report["sizes"][-1] == 400 and len(report["fid_by_size"]) == 9
+    assert report["fid_infinity"] == pytest.approx(4 * 0.25, abs=0.3)  # shifted by 0.5 in 4 dimensions
+    assert report["fid_at_600"] > report["fid_infinity"]
+    assert report["floor_infinity"] < report["floor_at_600"] < report["floor_by_size"][0]
 
 
 # ---------------------------------------------------------------- classifier
@@ -262,6 +316,7 @@ def test_evaluate_cli_prints_metrics(workspace, capsys):
     assert 0.0 <= result["classifier_test_accuracy"] <= 1.0
     assert result["num_samples"] == 20 and sum(result["predicted_class_counts"]) == 20
     assert result["fid_reference_images"] == 100 and result["fid_floor_train_images"] == 300
+    assert result["fid_extrapolated"] is None  # 20 samples: too few to fit the 1/N bias
     settings = result["settings"]
     assert settings["sampler"] == "ddim" and settings["steps"] == 5 and settings["guidance"] == 1.5
     assert settings["seed"] == 3 and settings["per_class"] == 2

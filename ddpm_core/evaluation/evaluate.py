@@ -6,7 +6,8 @@ preprocessing as the real test images. Reported: the fraction classified as the 
 for (overall and per class), FID in the classifier's penultimate features against the MNIST
 test set, and, as the floor a perfect generator would reach, the same FID between training
 images and the test set (10,000 of them, and as many as were generated, since FID is biased
-upwards for small sets).
+upwards for small sets). From 200 samples on, both FIDs are also extrapolated in 1/N over
+subsets (``fid_extrapolated``), to infinitely many samples and to as many as the floor uses.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ import torch
 from ddpm_core.checkpoint import LoadedCheckpoint
 from ddpm_core.data.mnist import load_mnist
 from ddpm_core.evaluation.classifier import LoadedClassifier, classify, to_uint8
-from ddpm_core.evaluation.fid import FeatureStats, feature_stats, fid_from_stats
+from ddpm_core.evaluation.fid import (
+    MIN_EXTRAPOLATION_SAMPLES,
+    FeatureStats,
+    extrapolate_fid,
+    feature_stats,
+    fid_from_stats,
+)
 from ddpm_core.pipeline import generate
 from ddpm_core.samplers import make_sampler
 
@@ -70,6 +77,26 @@ class Reference:
         if count < 2 or count > len(self.train_features):
             return None
         return fid_from_stats(feature_stats(self.train_features[:count]), self.test_stats)
+
+    def extrapolated(self, features: np.ndarray, seed: int = 0) -> dict[str, Any] | None:
+        """FID of generated ``features`` (N, D) and of N training images, each fitted as
+        FID_inf + slope / N over subsets; None below 200 samples or above the training images held."""
+        count = len(features)
+        if count < MIN_EXTRAPOLATION_SAMPLES or count > len(self.train_features):
+            return None
+        generated = extrapolate_fid(features, self.test_stats, seed=seed)
+        floor = extrapolate_fid(self.train_features[:count], self.test_stats, seed=seed)
+        floor_images = len(self.train_features)
+        return {
+            "sizes": list(generated.sizes),
+            "fid_by_size": [round(value, 6) for value in generated.fids],
+            "fid_infinity": generated.fid_infinity,
+            f"fid_at_{floor_images}": generated.at(floor_images),
+            "floor_by_size": [round(value, 6) for value in floor.fids],
+            "floor_infinity": floor.fid_infinity,
+            # compare with fid_train_vs_test, measured on that many images: a check of the fit
+            f"floor_at_{floor_images}": floor.at(floor_images),
+        }
 
 
 def build_reference(
@@ -149,6 +176,7 @@ def evaluate_checkpoint(
         "fid": fid,
         "fid_train_vs_test": reference.fid_train_vs_test,
         "fid_train_vs_test_same_n": reference.floor_for(len(images)),
+        "fid_extrapolated": reference.extrapolated(features, seed=settings.seed),
         "predicted_class_counts": np.bincount(predicted, minlength=num_classes).tolist(),
         "num_samples": len(images),
         "fid_reference_images": reference.test_stats.count,

@@ -67,3 +67,65 @@ def fid_from_stats(stats1: FeatureStats, stats2: FeatureStats) -> float:
 def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
     """FID between two sets of features (N1, D) and (N2, D)."""
     return fid_from_stats(feature_stats(features1), feature_stats(features2))
+
+
+# ---------------------------------------------------------------- small-sample bias
+#
+# FID computed from N samples is biased upwards, and to first order the bias is linear in 1/N
+# (Chong & Forsyth 2020, "Effectively Unbiased FID and Inception Score and where to find them"):
+#     E[FID_N] ~= FID_inf + slope / N.
+# Fitting that line to FIDs of random subsets of several sizes gives FID_inf, the value for
+# infinitely many samples, and FID_inf + slope / M, an estimate of what M samples would score.
+
+MIN_EXTRAPOLATION_SAMPLES = 200
+
+
+@dataclass(frozen=True)
+class FIDExtrapolation:
+    """FID of subsets of ``sizes`` (each the mean over several random subsets) and the fitted
+    line ``fid_infinity + slope / N``."""
+
+    sizes: tuple[int, ...]
+    fids: tuple[float, ...]
+    fid_infinity: float
+    slope: float
+
+    def at(self, count: int) -> float:
+        """The fitted FID for ``count`` samples."""
+        return self.fid_infinity + self.slope / count
+
+
+def extrapolate_fid(
+    features: np.ndarray,
+    reference: FeatureStats,
+    *,
+    num_sizes: int = 9,
+    smallest_fraction: float = 0.2,
+    repeats: int = 5,
+    seed: int = 0,
+) -> FIDExtrapolation:
+    """Fit FID(N) = fid_infinity + slope / N over subsets of ``features`` (N, D) against ``reference``.
+
+    Sizes run evenly from ``smallest_fraction * N`` to N (the full set is used once at N, and
+    ``repeats`` random subsets without replacement at every smaller size).
+    """
+    features = np.asarray(features, dtype=np.float64)
+    count = len(features)
+    if count < MIN_EXTRAPOLATION_SAMPLES:
+        raise ValueError(f"extrapolating FID needs at least {MIN_EXTRAPOLATION_SAMPLES} samples, got {count}")
+    if num_sizes < 2 or not 0.0 < smallest_fraction < 1.0 or repeats < 1:
+        raise ValueError("need num_sizes >= 2, 0 < smallest_fraction < 1 and repeats >= 1")
+    rng = np.random.default_rng(seed)
+    sizes = np.unique(np.linspace(smallest_fraction * count, count, num_sizes).round().astype(int))
+    fids = []
+    for size in sizes:
+        draws = 1 if size == count else repeats
+        values = [
+            fid_from_stats(feature_stats(features[rng.choice(count, size=size, replace=False)]), reference)
+            for _ in range(draws)
+        ]
+        fids.append(float(np.mean(values)))
+    # least squares for fids = fid_infinity + slope * (1 / sizes)
+    design = np.stack([np.ones(len(sizes)), 1.0 / sizes], axis=1)
+    (fid_infinity, slope), *_ = np.linalg.lstsq(design, np.asarray(fids), rcond=None)
+    return FIDExtrapolation(tuple(int(size) for size in sizes), tuple(fids), float(fid_infinity), float(slope))
