@@ -182,6 +182,31 @@ def test_extrapolated_fid_input_checks_and_the_reference_report():
     assert report["floor_infinity"] < report["floor_at_600"] < report["floor_by_size"][0]
 
 
+def test_per_class_fid_exposes_a_collapsed_class():
+    # three classes of 4-d Gaussian features with different means; the "generator" draws class 1
+    # as a single shape (its features barely vary), the others from the true distribution
+    rng = np.random.default_rng(11)
+    means = np.array([[0.0, 0, 0, 0], [3.0, 0, 0, 0], [0.0, 3, 0, 0]])
+
+    def draw(label: int, count: int) -> np.ndarray:
+        return means[label] + rng.normal(size=(count, 4))
+
+    test = np.concatenate([draw(label, 400) for label in range(3)])
+    train_labels = np.repeat(np.arange(3), 300)
+    train = np.concatenate([draw(label, 300) for label in range(3)])
+    class_stats = [feature_stats(test[label * 400 : (label + 1) * 400]) for label in range(3)]
+    reference = Reference(feature_stats(test), 0.99, train, 0.0, class_stats, train_labels)
+    labels = np.repeat(np.arange(3), 150)
+    generated = np.concatenate([draw(0, 150), means[1] + 0.01 * rng.normal(size=(150, 4)), draw(2, 150)])
+    report = reference.per_class_fid(generated, labels)
+    assert set(report) == {"0", "1", "2"}
+    for label in ("0", "2"):
+        assert report[label]["fid"] < 0.3 and report[label]["floor_same_n"] < 0.3
+    assert report["1"]["fid"] > 3.0 > 10 * report["1"]["floor_same_n"]  # 4 dimensions of lost variance
+    assert reference.per_class_fid(generated[::2], labels[::2]) is None  # 75 per class: too few
+    assert Reference(feature_stats(test), 0.99, train, 0.0).per_class_fid(generated, labels) is None
+
+
 # ---------------------------------------------------------------- classifier
 
 
@@ -317,6 +342,7 @@ def test_evaluate_cli_prints_metrics(workspace, capsys):
     assert result["num_samples"] == 20 and sum(result["predicted_class_counts"]) == 20
     assert result["fid_reference_images"] == 100 and result["fid_floor_train_images"] == 300
     assert result["fid_extrapolated"] is None  # 20 samples: too few to fit the 1/N bias
+    assert result["per_class_fid"] is None  # 2 per class: too few for a class's covariance
     settings = result["settings"]
     assert settings["sampler"] == "ddim" and settings["steps"] == 5 and settings["guidance"] == 1.5
     assert settings["seed"] == 3 and settings["per_class"] == 2

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 MNIST_SHAPE = (1, 28, 28)
 FLOOR_TRAIN_IMAGES = 10_000
+MIN_PER_CLASS_FID_SAMPLES = 100  # a class's FID needs more samples than the 96 feature dimensions
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,34 @@ class Reference:
     classifier_test_accuracy: float
     train_features: np.ndarray  # (M, D) float64, a seeded random subset of the training set
     fid_train_vs_test: float
+    # per class (optional): the test set's statistics and the labels of train_features (M,)
+    test_class_stats: list[FeatureStats] | None = None
+    train_labels: np.ndarray | None = None
 
     def floor_for(self, count: int) -> float | None:
         """FID between ``count`` training images and the test set (None when too few are held)."""
         if count < 2 or count > len(self.train_features):
             return None
         return fid_from_stats(feature_stats(self.train_features[:count]), self.test_stats)
+
+    def per_class_fid(self, features: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float | None]] | None:
+        """Each class's FID against that class's test images, beside the same FID of as many
+        training images of the class (its same-n floor). ``features`` (N, D), ``labels`` (N,).
+
+        A class drawn as a few shapes scores far above its floor even when the overall FID,
+        which averages over classes, looks fine. None without per-class statistics or when a
+        class has fewer than 100 samples."""
+        if self.test_class_stats is None or self.train_labels is None:
+            return None
+        result: dict[str, dict[str, float | None]] = {}
+        for label, class_stats in enumerate(self.test_class_stats):
+            chosen = features[labels == label]
+            if len(chosen) < MIN_PER_CLASS_FID_SAMPLES:
+                return None
+            train = self.train_features[self.train_labels == label][: len(chosen)]
+            floor = fid_from_stats(feature_stats(train), class_stats) if len(train) == len(chosen) else None
+            result[str(label)] = {"fid": fid_from_stats(feature_stats(chosen), class_stats), "floor_same_n": floor}
+        return result
 
     def extrapolated(self, features: np.ndarray, seed: int = 0) -> dict[str, Any] | None:
         """FID of generated ``features`` (N, D) and of N training images, each fitted as
@@ -104,12 +127,18 @@ def build_reference(
 ) -> Reference:
     """Classify the MNIST test set and ``train_images`` random training images (never downloads)."""
     test_images, test_labels = load_mnist(data_dir, "test", download=False)
-    images, _ = load_mnist(data_dir, "train", download=False)
+    images, labels = load_mnist(data_dir, "train", download=False)
     predicted, test_features = classify(classifier.model, test_images)
     test_accuracy = float((predicted == test_labels).mean())
     order = np.random.default_rng(seed).permutation(len(images))[:train_images]
     _, train_features = classify(classifier.model, images[order])
     test_stats = feature_stats(test_features)
+    class_counts = np.bincount(test_labels, minlength=classifier.model.config.num_classes)
+    test_class_stats = (
+        [feature_stats(test_features[test_labels == label]) for label in range(len(class_counts))]
+        if class_counts.min() >= 2
+        else None
+    )
     floor = fid_from_stats(feature_stats(train_features), test_stats)
     logger.info(
         "classifier test accuracy %.4f; FID of %d training vs %d test images: %.3f",
@@ -118,7 +147,7 @@ def build_reference(
         len(test_features),
         floor,
     )
-    return Reference(test_stats, test_accuracy, train_features, floor)
+    return Reference(test_stats, test_accuracy, train_features, floor, test_class_stats, labels[order])
 
 
 def check_checkpoint(checkpoint: LoadedCheckpoint, num_classes: int) -> None:
@@ -177,6 +206,7 @@ def evaluate_checkpoint(
         "fid_train_vs_test": reference.fid_train_vs_test,
         "fid_train_vs_test_same_n": reference.floor_for(len(images)),
         "fid_extrapolated": reference.extrapolated(features, seed=settings.seed),
+        "per_class_fid": reference.per_class_fid(features, requested) if conditional else None,
         "predicted_class_counts": np.bincount(predicted, minlength=num_classes).tolist(),
         "num_samples": len(images),
         "fid_reference_images": reference.test_stats.count,
