@@ -169,17 +169,17 @@ def test_extrapolated_fid_removes_the_small_sample_bias():
 def test_extrapolated_fid_input_checks_and_the_reference_report():
     cov, factor = correlated_gaussian(7, dim=4)
     rng = np.random.default_rng(7)
-    with pytest.raises(ValueError, match="at least 200"):
-        extrapolate_fid(rng.normal(size=(199, 4)), FeatureStats(np.zeros(4), cov, 10), seed=0)
-    train, test = rng.normal(size=(600, 4)) @ factor.T, rng.normal(size=(600, 4)) @ factor.T
+    with pytest.raises(ValueError, match="at least 1000"):
+        extrapolate_fid(rng.normal(size=(999, 4)), FeatureStats(np.zeros(4), cov, 10), seed=0)
+    train, test = rng.normal(size=(1500, 4)) @ factor.T, rng.normal(size=(1500, 4)) @ factor.T
     reference = Reference(feature_stats(test), 0.99, train, fid_from_features(train, test))
-    assert reference.extrapolated(train[:150]) is None  # too few samples
-    assert reference.extrapolated(rng.normal(size=(601, 4))) is None  # more than the floor's training images
-    report = reference.extrapolated(rng.normal(size=(400, 4)) @ factor.T + 0.5)
-    assert report["sizes"][0] == 80 and report["sizes"][-1] == 400 and len(report["fid_by_size"]) == 9
+    assert reference.extrapolated(train[:999]) is None  # too few samples
+    assert reference.extrapolated(rng.normal(size=(1501, 4))) is None  # more than the floor's training images
+    report = reference.extrapolated(rng.normal(size=(1000, 4)) @ factor.T + 0.5)
+    assert report["sizes"][0] == 200 and report["sizes"][-1] == 1000 and len(report["fid_by_size"]) == 9
     assert report["fid_infinity"] == pytest.approx(4 * 0.25, abs=0.3)  # shifted by 0.5 in 4 dimensions
-    assert report["fid_at_600"] > report["fid_infinity"]
-    assert report["floor_infinity"] < report["floor_at_600"] < report["floor_by_size"][0]
+    assert report["fid_at_1500"] > report["fid_infinity"]
+    assert report["floor_infinity"] < report["floor_at_1500"] < report["floor_by_size"][0]
 
 
 def test_per_class_fid_exposes_a_collapsed_class():

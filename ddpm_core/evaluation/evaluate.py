@@ -6,7 +6,7 @@ preprocessing as the real test images. Reported: the fraction classified as the 
 for (overall and per class), FID in the classifier's penultimate features against the MNIST
 test set, and, as the floor a perfect generator would reach, the same FID between training
 images and the test set (10,000 of them, and as many as were generated, since FID is biased
-upwards for small sets). From 200 samples on, both FIDs are also extrapolated in 1/N over
+upwards for small sets). From 1000 samples on, both FIDs are also extrapolated in 1/N over
 subsets (``fid_extrapolated``), to infinitely many samples and to as many as the floor uses.
 """
 
@@ -103,7 +103,7 @@ class Reference:
 
     def extrapolated(self, features: np.ndarray, seed: int = 0) -> dict[str, Any] | None:
         """FID of generated ``features`` (N, D) and of N training images, each fitted as
-        FID_inf + slope / N over subsets; None below 200 samples or above the training images held."""
+        FID_inf + slope / N over subsets; None below 1000 samples or above the training images held."""
         count = len(features)
         if count < MIN_EXTRAPOLATION_SAMPLES or count > len(self.train_features):
             return None

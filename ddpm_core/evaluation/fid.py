@@ -77,7 +77,7 @@ def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
 # Fitting that line to FIDs of random subsets of several sizes gives FID_inf, the value for
 # infinitely many samples, and FID_inf + slope / M, an estimate of what M samples would score.
 
-MIN_EXTRAPOLATION_SAMPLES = 200
+MIN_EXTRAPOLATION_SAMPLES = 1000  # below this the fit is too noisy to use (about +-0.06 at 1000 on MNIST)
 
 
 @dataclass(frozen=True)
