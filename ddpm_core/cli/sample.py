@@ -60,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
     options = {"eta": args.eta} if args.sampler == "ddim" else {}
     sampler = make_sampler(args.sampler, checkpoint.schedule, args.steps, **options)
     is_points = checkpoint.sample_shape == (2,)
+    columns = args.n if args.all_classes else None  # --all-classes: one grid row per class
     recorder = None
     if args.gif:
         total = len(sampler.timesteps)
-        columns = args.n if args.all_classes else None
         recorder = ScatterRecorder(total) if is_points else FrameRecorder(total, columns=columns)
     labels = [args.digit] * args.n if args.digit is not None else None
     if args.all_classes:
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         if is_points:
             save_scatter(samples, args.png)
         else:
-            save_grid(samples, args.png, columns=args.n if args.all_classes else None)
+            save_grid(samples, args.png, columns=columns)
     if args.gif:
         save_gif(recorder.frames, args.gif)
     if args.npy:
