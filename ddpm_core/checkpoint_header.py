@@ -13,16 +13,14 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from ddpm_core.errors import CheckpointError
+
 FORMAT_NAME = "ddpm-service.checkpoint"
 FORMAT_VERSION = "1"
 JSON_FIELDS = ("model_config", "schedule", "class_names", "sample_shape", "training")
 REQUIRED_FIELDS = ("format", "format_version", "model_kind", "dataset", *JSON_FIELDS)
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 _ZIP_MAGIC = b"PK\x03\x04"
-
-
-class CheckpointError(Exception):
-    """A checkpoint is missing, not a safetensors file, or not one of this project's."""
 
 
 def read_raw_header(path: str | Path) -> dict[str, Any]:

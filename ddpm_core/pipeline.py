@@ -14,16 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ddpm_core.errors import GenerationCancelled
 from ddpm_core.samplers import DDIMSampler, DDPMSampler, randn_like
-
-
-class GenerationCancelled(Exception):
-    """Raised by :func:`generate` when ``should_stop`` asked it to stop; ``step`` steps were done."""
-
-    def __init__(self, step: int, total: int) -> None:
-        super().__init__(f"generation cancelled after {step} of {total} steps")
-        self.step = step
-        self.total = total
 
 
 @dataclass

@@ -124,7 +124,7 @@ def _warn_without_models(env: dict[str, str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddpm_core.cli import UsageError
+    from ddpm_core.errors import UsageError
     from worker.redis_server import EmbeddedRedis, RedisServerError
 
     env = dict(os.environ)

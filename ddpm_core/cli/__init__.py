@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from ddpm_core.errors import UsageError
+
 # subcommand -> module that defines add_parser() and run(); imported only when needed
 COMMANDS = {
     "train": "ddpm_core.cli.train",
@@ -20,10 +22,6 @@ COMMANDS = {
     "serve": "worker.serve",
 }
 OWN_PACKAGES = ("ddpm_core", "worker", "api")
-
-
-class UsageError(Exception):
-    """A user error the CLI reports in one line."""
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

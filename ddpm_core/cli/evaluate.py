@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ddpm_core.checkpoint import load_checkpoint
-from ddpm_core.cli import UsageError
+from ddpm_core.errors import UsageError
 from ddpm_core.evaluation.classifier import load_classifier
 from ddpm_core.evaluation.evaluate import EvalSettings, build_reference, check_checkpoint, evaluate_checkpoint
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ddpm_core.checkpoint import load_checkpoint, save_checkpoint
-from ddpm_core.cli import UsageError
+from ddpm_core.errors import UsageError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

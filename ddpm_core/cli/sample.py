@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_core.checkpoint import load_checkpoint
-from ddpm_core.cli import UsageError
 from ddpm_core.cli.common import resolve_device
+from ddpm_core.errors import UsageError
 from ddpm_core.pipeline import generate
 from ddpm_core.render import FrameRecorder, ScatterRecorder, save_gif, save_grid, save_scatter
 from ddpm_core.samplers import make_sampler

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm_core.errors import DatasetError
+
 logger = logging.getLogger(__name__)
 
 MNIST_FILES = {
@@ -34,10 +36,6 @@ MNIST_MIRRORS = (
 MNIST_CLASS_NAMES = [str(digit) for digit in range(10)]
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-class DatasetError(Exception):
-    """A data set is missing, unreadable or malformed."""
 
 
 def read_idx(path: str | Path) -> np.ndarray:
