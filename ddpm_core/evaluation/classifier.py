@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ddpm_core.checkpoint_header import CheckpointError, file_sha256, read_raw_header
+from ddpm_core.config import StoredConfig
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ CLASSIFIER_FORMAT_VERSION = "1"
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(StoredConfig):
     """Everything needed to rebuild a :class:`DigitClassifier`; stored in its file as JSON.
 
     Three stages of ``blocks`` 3x3 conv-BN-ReLU blocks with ``channels`` at 28, 14 and 7 pixels,
@@ -55,19 +56,6 @@ class ClassifierConfig:
             raise ValueError("num_classes must be at least 2")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["channels"] = list(self.channels)
-        data["blocks"] = list(self.blocks)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ClassifierConfig:
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown classifier config keys: {sorted(unknown)}")
-        return cls(**data)
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:

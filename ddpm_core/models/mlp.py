@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddpm_core.config import StoredConfig
 from ddpm_core.models.unet import timestep_embedding
 
 
 @dataclass(frozen=True)
-class MLPConfig:
+class MLPConfig(StoredConfig):
     """Everything needed to rebuild an :class:`MLPDenoiser`; stored in checkpoints as JSON."""
 
     data_dim: int = 2
@@ -29,16 +29,6 @@ class MLPConfig:
             raise ValueError("data_dim, hidden_dim, num_layers and time_embed_dim must be positive")
         if self.num_classes < 0 or self.fourier_features < 0:
             raise ValueError("num_classes and fourier_features must be >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MLPConfig:
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown MLP config keys: {sorted(unknown)}")
-        return cls(**data)
 
 
 class MLPDenoiser(nn.Module):

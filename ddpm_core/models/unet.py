@@ -11,16 +11,17 @@ label, and returns a tensor of x_t's shape.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddpm_core.config import StoredConfig
+
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(StoredConfig):
     """Everything needed to rebuild a :class:`UNet`; stored in checkpoints as JSON.
 
     ``num_classes`` > 0 makes the model class-conditional with one extra *null* label
@@ -65,20 +66,6 @@ class UNetConfig:
             raise ValueError("dropout must be in [0, 1)")
         if self.num_classes < 0 or self.num_heads < 1:
             raise ValueError("num_classes must be >= 0 and num_heads >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["channel_mult"] = list(self.channel_mult)
-        data["attention_resolutions"] = list(self.attention_resolutions)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown U-Net config keys: {sorted(unknown)}")
-        return cls(**data)
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
