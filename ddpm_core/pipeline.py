@@ -4,6 +4,10 @@ Guidance follows Ho & Salimans (2022): eps = eps(x, y) + w (eps(x, y) - eps(x, n
 conditional and unconditional passes run as one batched forward, and w = 0 skips the second.
 Each sample draws its noise from its own generator seeded with ``seed + i``, so a sample is
 the same whatever else shares its batch.
+
+The per-job state lives in :class:`Generation` (x_t, generators, labels, step index), which
+asks for a forward and then :meth:`Generation.advance` s; :func:`generate` is the loop over one
+generation, :func:`ddpm_core.batching.denoise_step` advances many with one shared forward.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ddpm_core.errors import GenerationCancelled
+from ddpm_core.errors import GenerationCancelled  # also importable from here, as before
 from ddpm_core.samplers import DDIMSampler, DDPMSampler, randn_like
 
 
@@ -83,6 +87,168 @@ def guided_model_output(
     return conditional + guidance_scale * (conditional - unconditional)
 
 
+@dataclass
+class ModelInputs:
+    """One forward's inputs: ``sample`` (R, ...), ``timesteps`` (R,) long and ``class_labels``
+    (R,) long or None (an unconditional model), all on the model's device."""
+
+    sample: torch.Tensor
+    timesteps: torch.Tensor
+    class_labels: torch.Tensor | None
+
+
+class Generation:
+    """One job's reverse process as resumable state, advanced one step at a time.
+
+    It holds x_t (B, *sample_shape), one generator per sample (``seed + i``), the labels and
+    the step index; :meth:`model_inputs` says what the next forward needs, :meth:`advance`
+    applies guidance and the sampler step. The network is called by the owner of the loop:
+    :func:`generate` for one generation, :func:`ddpm_core.batching.denoise_step` for many
+    generations sharing one forward. The sampler is only read (its timesteps must be set), so
+    generations may share one.
+
+    Attributes:
+        sample: x_t, (B, *sample_shape) float32; after the last step, the final samples.
+        labels: (B,) long with the null label ``num_classes`` for unconditional rows, or None
+            for an unconditional model.
+        generators: B generators, row i's noise comes from generator i alone.
+        step_index: steps done so far (0 .. total).
+        total: the number of steps, ``len(sampler.timesteps)``.
+        needs_unconditional: whether the forwards need the unconditional copy of every row:
+            guidance_scale > 0 and a conditional model, and (with ``skip_null_unconditional``)
+            at least one row with a real label.
+
+    ``skip_null_unconditional``: when every row has the null label, c = u and the guided eps is
+    the conditional one, so the unconditional copy is skipped (half the forward rows for an
+    unconditional job with guidance). The result equals the guided one up to float noise (the
+    forward's batch differs), so :func:`generate` turns it off to stay bit-identical to the
+    loop it replaced; the batching engine turns it on.
+    """
+
+    def __init__(
+        self,
+        sampler: DDPMSampler | DDIMSampler,
+        *,
+        sample_shape: Sequence[int],
+        num_samples: int | None = None,
+        class_labels: Sequence[int | None] | torch.Tensor | None = None,
+        guidance_scale: float = 0.0,
+        seed: int | Sequence[int] = 0,
+        device: torch.device | str = "cpu",
+        num_classes: int = 0,
+        skip_null_unconditional: bool = False,
+    ) -> None:
+        if num_samples is None:
+            if class_labels is None:
+                raise ValueError("give num_samples or class_labels")
+            num_samples = len(class_labels)
+        if num_samples < 1:
+            raise ValueError("num_samples must be at least 1")
+        if guidance_scale < 0:
+            raise ValueError("guidance_scale must be >= 0")
+        device = torch.device(device)
+        self.sampler = sampler
+        self.sample_shape = tuple(int(size) for size in sample_shape)
+        self.num_samples = int(num_samples)
+        self.guidance_scale = float(guidance_scale)
+        self.num_classes = int(num_classes)
+        self.device = device
+        self.labels = resolve_labels(class_labels, self.num_samples, self.num_classes, device)
+        self.generators = sample_generators(seed, self.num_samples, device)
+        shape = (self.num_samples, *self.sample_shape)
+        noise = randn_like(torch.empty(shape, device=device, dtype=torch.float32), self.generators)
+        self.sample = noise * sampler.init_noise_sigma
+        self._timesteps = sampler.timesteps.to(device)  # one copy, then indexing: no per-step sync
+        self._timestep_values = [int(t) for t in sampler.timesteps.tolist()]
+        self.total = len(self._timestep_values)
+        self.step_index = 0
+        self.needs_unconditional = self.labels is not None and self.guidance_scale > 0
+        if self.needs_unconditional and skip_null_unconditional:
+            self.needs_unconditional = bool((self.labels != self.num_classes).any())
+
+    @classmethod
+    def for_model(cls, model: nn.Module, sampler: DDPMSampler | DDIMSampler, **options) -> Generation:
+        """A generation on ``model``'s device with its ``num_classes``; options as the constructor."""
+        device = next(model.parameters()).device
+        return cls(sampler, device=device, num_classes=int(getattr(model, "num_classes", 0)), **options)
+
+    @property
+    def done(self) -> bool:
+        return self.step_index >= self.total
+
+    @property
+    def timestep(self) -> int:
+        """The next step's timestep (an int of ``sampler.timesteps``)."""
+        self._check_not_done()
+        return self._timestep_values[self.step_index]
+
+    @property
+    def forward_rows(self) -> int:
+        """Rows this generation adds to the next forward: B, or 2B with the unconditional copy."""
+        return self.num_samples * (2 if self.needs_unconditional else 1)
+
+    def timesteps(self, rows: int | None = None) -> torch.Tensor:
+        """The next timestep for each of ``rows`` rows (default B), a (rows,) long tensor."""
+        self._check_not_done()
+        return self._timesteps[self.step_index : self.step_index + 1].expand(rows or self.num_samples)
+
+    def unconditional_labels(self) -> torch.Tensor | None:
+        """(B,) null labels for the unconditional copy, or None for an unconditional model."""
+        return None if self.labels is None else torch.full_like(self.labels, self.num_classes)
+
+    def model_inputs(self) -> ModelInputs:
+        """The next forward's inputs, (forward_rows, ...): the B conditional rows, then (only when
+        :attr:`needs_unconditional`) the same B rows again with the null label."""
+        if not self.needs_unconditional:
+            return ModelInputs(self.sample, self.timesteps(), self.labels)
+        return ModelInputs(
+            torch.cat([self.sample, self.sample]),
+            self.timesteps(2 * self.num_samples),
+            torch.cat([self.labels, self.unconditional_labels()]),
+        )
+
+    def split_output(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A forward's output for :meth:`model_inputs`, (forward_rows, ...) -> (eps_cond, eps_uncond | None)."""
+        if output.shape[0] != self.forward_rows:
+            raise ValueError(f"model output has {output.shape[0]} rows, expected {self.forward_rows}")
+        if not self.needs_unconditional:
+            return output, None
+        conditional, unconditional = output.chunk(2)
+        return conditional, unconditional
+
+    def advance(self, eps_cond: torch.Tensor, eps_uncond: torch.Tensor | None = None) -> StepInfo:
+        """Apply guidance, eps = c + w (c - u), and one sampler step with the per-sample generators.
+
+        Args:
+            eps_cond: the conditional (or unconditional model's) eps, (B, *sample_shape).
+            eps_uncond: eps with the null label, (B, *sample_shape); given exactly when
+                :attr:`needs_unconditional`.
+        Returns:
+            The step's :class:`StepInfo` (x_{t-1} is also the new :attr:`sample`).
+        """
+        self._check_not_done()
+        expected = (self.num_samples, *self.sample_shape)
+        if tuple(eps_cond.shape) != expected:
+            raise ValueError(f"eps_cond has shape {tuple(eps_cond.shape)}, expected {expected}")
+        if (eps_uncond is not None) != self.needs_unconditional:
+            raise ValueError("eps_uncond must be given exactly when the generation needs the unconditional pass")
+        if eps_uncond is None:
+            model_output = eps_cond
+        else:
+            if tuple(eps_uncond.shape) != expected:
+                raise ValueError(f"eps_uncond has shape {tuple(eps_uncond.shape)}, expected {expected}")
+            model_output = eps_cond + self.guidance_scale * (eps_cond - eps_uncond)
+        timestep = self._timestep_values[self.step_index]
+        output = self.sampler.step(model_output.float(), timestep, self.sample, generator=self.generators)
+        self.sample = output.prev_sample
+        self.step_index += 1
+        return StepInfo(self.step_index, self.total, timestep, self.sample, output.pred_original_sample)
+
+    def _check_not_done(self) -> None:
+        if self.done:
+            raise RuntimeError(f"the generation is done ({self.total} of {self.total} steps)")
+
+
 @torch.inference_mode()
 def generate(
     model: nn.Module,
@@ -96,7 +262,7 @@ def generate(
     callback: StepCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
-    """Run the reverse process from pure noise to samples.
+    """Run the reverse process from pure noise to samples: a loop over one :class:`Generation`.
 
     Args:
         model: eps_theta(x, t, y), already on its device and in eval mode.
@@ -111,31 +277,21 @@ def generate(
     Returns:
         The final samples, (B, *sample_shape), float32 on the model's device.
     """
-    if num_samples is None:
-        if class_labels is None:
-            raise ValueError("give num_samples or class_labels")
-        num_samples = len(class_labels)
-    if num_samples < 1:
-        raise ValueError("num_samples must be at least 1")
-    if guidance_scale < 0:
-        raise ValueError("guidance_scale must be >= 0")
-    parameter = next(model.parameters())
-    device = parameter.device
-    num_classes = int(getattr(model, "num_classes", 0))
-    labels = resolve_labels(class_labels, num_samples, num_classes, device)
-    generators = sample_generators(seed, num_samples, device)
-
-    shape = (num_samples, *sample_shape)
-    sample = randn_like(torch.empty(shape, device=device, dtype=torch.float32), generators) * sampler.init_noise_sigma
-    timesteps_on_device = sampler.timesteps.to(device)  # one copy, then indexing: no per-step sync
-    total = len(timesteps_on_device)
-    for step, timestep in enumerate(sampler.timesteps.tolist(), start=1):
+    generation = Generation.for_model(
+        model,
+        sampler,
+        sample_shape=sample_shape,
+        num_samples=num_samples,
+        class_labels=class_labels,
+        guidance_scale=guidance_scale,
+        seed=seed,
+    )
+    while not generation.done:
         if should_stop is not None and should_stop():
-            raise GenerationCancelled(step - 1, total)
-        timestep_tensor = timesteps_on_device[step - 1 : step]
-        model_output = guided_model_output(model, sample, timestep_tensor, labels, guidance_scale, num_classes)
-        output = sampler.step(model_output.float(), timestep, sample, generator=generators)
-        sample = output.prev_sample
+            raise GenerationCancelled(generation.step_index, generation.total)
+        inputs = generation.model_inputs()
+        output = model(inputs.sample, inputs.timesteps, inputs.class_labels)
+        info = generation.advance(*generation.split_output(output))
         if callback is not None:
-            callback(StepInfo(step, total, timestep, sample, output.pred_original_sample))
-    return sample
+            callback(info)
+    return generation.sample
