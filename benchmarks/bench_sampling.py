@@ -3,9 +3,10 @@
     python benchmarks/bench_sampling.py [--checkpoint checkpoints/mnist.safetensors] [--batch 16]
 
 Each row is one batch of ``--batch`` samples, without and with classifier-free guidance (which
-doubles the forward batch). DDPM over all T steps is timed on its first ``--ddpm-timed-steps``
-steps and extrapolated (every step costs the same forward pass); the table says which rows were
-extrapolated. One warm-up step precedes each timing.
+doubles the forward batch; the guided rows use ``--guidance``, by default the checkpoint's default
+guidance, and are left out when that is 0). DDPM over all T steps is timed on its first
+``--ddpm-timed-steps`` steps and extrapolated (every step costs the same forward pass); the table
+says which rows were extrapolated. One warm-up step precedes each timing.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--guidance", type=float, help="scale of the guided rows (default: checkpoint's, or 1)")
+    parser.add_argument(
+        "--guidance", type=float, help="scale of the guided rows (default: the checkpoint's; 0: unguided rows only)"
+    )
     parser.add_argument("--ddim-steps", type=int, default=50)
     parser.add_argument("--ddpm-timed-steps", type=int, default=20, help="DDPM steps actually timed (default 20)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -67,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"bench_sampling: error: {error}", file=sys.stderr)
         return 2
-    guidance = args.guidance or float(checkpoint.training.get("default_guidance", 0.0)) or 1.0
-    guided = [0.0, guidance] if checkpoint.num_classes else [0.0]
+    guidance = args.guidance if args.guidance is not None else checkpoint.defaults.default_guidance
+    if guidance < 0:
+        parser.error("--guidance must be >= 0")
+    guided = sorted({0.0, guidance}) if checkpoint.num_classes else [0.0]  # a scale of 0 adds no row
     parameters = sum(p.numel() for p in checkpoint.model.parameters())
     print(f"checkpoint {args.checkpoint} ({checkpoint.model_kind}, {parameters / 1e6:.2f}M parameters)")
     print(f"device cpu, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}")

@@ -20,7 +20,9 @@ from ddpm_core.checkpoint_header import (
     FORMAT_NAME,
     FORMAT_VERSION,
     CheckpointError,
+    InferenceDefaults,
     file_sha256,
+    inference_defaults,
     read_checkpoint_info,
 )
 from ddpm_core.models import build_model, model_kind
@@ -47,6 +49,11 @@ class LoadedCheckpoint:
     @property
     def model_kind(self) -> str:
         return model_kind(self.model)
+
+    @property
+    def defaults(self) -> InferenceDefaults:
+        """Inference defaults (e.g. the guidance scale) from the checkpoint's training metadata."""
+        return inference_defaults(self.training)
 
 
 def save_checkpoint(
@@ -98,6 +105,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     except RuntimeError as error:
         first_line = str(error).splitlines()[0]
         raise CheckpointError(f"{path}: weights do not match the stored model config: {first_line}") from None
+    try:
+        inference_defaults(info["training"])  # refuse bad defaults at load, not at the first request
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
     class_names = [str(name) for name in info["class_names"]]
     if getattr(model, "num_classes", 0) != len(class_names):
         raise CheckpointError(f"{path}: {len(class_names)} class names for a model of {model.num_classes} classes")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,39 @@ def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
         if key != "__metadata__" and isinstance(entry, dict)
     )
     return info
+
+
+@dataclass(frozen=True)
+class InferenceDefaults:
+    """What a checkpoint asks for when a request leaves a setting out.
+
+    ``default_guidance``: the classifier-free guidance scale, finite and >= 0 (0: none).
+    """
+
+    default_guidance: float = 0.0
+
+    def __post_init__(self) -> None:
+        value = self.default_guidance
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"default_guidance must be a finite number >= 0, got {value!r}")
+        object.__setattr__(self, "default_guidance", float(value))
+
+
+def inference_defaults(training: dict[str, Any]) -> InferenceDefaults:
+    """The inference defaults recorded in a checkpoint's ``training`` metadata.
+
+    A missing (or null) ``default_guidance`` is 0.0; an explicit 0 stays 0.
+
+    Raises:
+        CheckpointError: ``training`` is not a dict or holds a bad value.
+    """
+    if not isinstance(training, dict):
+        raise CheckpointError(f"checkpoint training metadata must be a JSON object, got {type(training).__name__}")
+    guidance = training.get("default_guidance")
+    try:
+        return InferenceDefaults(default_guidance=0.0 if guidance is None else guidance)
+    except ValueError as error:
+        raise CheckpointError(f"checkpoint training metadata: {error}") from None
 
 
 def file_sha256(path: str | Path) -> str:

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.checkpoint, device="cpu")
     classifier = load_classifier(args.classifier)
     check_checkpoint(checkpoint, classifier.model.config.num_classes)
-    default_guidance = float(checkpoint.training.get("default_guidance", 0.0))
+    default_guidance = checkpoint.defaults.default_guidance
     scales = args.guidance_sweep or (args.guidance if args.guidance is not None else default_guidance,)
     if args.guidance_sweep and checkpoint.num_classes == 0:
         raise UsageError(f"{args.checkpoint} is an unconditional model: --guidance-sweep needs class labels")

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--digit {args.digit} is out of range: this model has classes 0 to {checkpoint.num_classes - 1}"
             )
-    guidance = args.guidance if args.guidance is not None else float(checkpoint.training.get("default_guidance", 0.0))
+    guidance = args.guidance if args.guidance is not None else checkpoint.defaults.default_guidance
     if guidance < 0:
         raise UsageError("--guidance must be >= 0")
     options = {"eta": args.eta} if args.sampler == "ddim" else {}

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from ddpm_core import CheckpointError, NoiseSchedule, UNet, UNetConfig, generate, load_checkpoint, save_checkpoint
-from ddpm_core.checkpoint_header import read_checkpoint_info
+from ddpm_core.checkpoint_header import InferenceDefaults, inference_defaults, read_checkpoint_info
 from ddpm_core.samplers import make_sampler
 
 CONFIG = UNetConfig(
@@ -89,3 +89,41 @@ def test_weights_that_disagree_with_the_config_are_refused(tmp_path):
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + header_size :])
     with pytest.raises(CheckpointError, match="do not match"):
         load_checkpoint(path)
+
+
+# ---------------------------------------------------------------- inference defaults
+
+
+@pytest.mark.parametrize(
+    "training, expected",
+    [({}, 0.0), ({"default_guidance": 0}, 0.0), ({"default_guidance": 0.5}, 0.5), ({"default_guidance": None}, 0.0)],
+)
+def test_inference_defaults_parse_the_training_metadata(training, expected):
+    defaults = inference_defaults(training)
+    assert defaults == InferenceDefaults(default_guidance=expected)
+    assert isinstance(defaults.default_guidance, float)
+
+
+@pytest.mark.parametrize("value", [-1, float("nan"), float("inf"), "1.0", True, [1]])
+def test_bad_inference_defaults_are_refused(value):
+    with pytest.raises(CheckpointError, match="default_guidance"):
+        inference_defaults({"default_guidance": value})
+    with pytest.raises(ValueError):
+        InferenceDefaults(default_guidance=value)
+
+
+def test_loaded_checkpoint_has_its_defaults_and_bad_ones_are_refused_at_load(tmp_path):
+    common = dict(class_names=["a", "b"], sample_shape=(1, 8, 8), dataset="test")
+    path = save_checkpoint(
+        tmp_path / "m.safetensors", make_model(), NoiseSchedule.linear(10), training={"default_guidance": 0}, **common
+    )
+    assert load_checkpoint(path).defaults.default_guidance == 0.0
+    bad = save_checkpoint(
+        tmp_path / "bad.safetensors",
+        make_model(),
+        NoiseSchedule.linear(10),
+        training={"default_guidance": -2},
+        **common,
+    )
+    with pytest.raises(CheckpointError, match="bad.safetensors.*default_guidance"):
+        load_checkpoint(bad)
