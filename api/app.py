@@ -1,7 +1,7 @@
 """The FastAPI application: ``create_app()`` (for ``uvicorn --factory api.app:create_app``).
 
 The app holds async Redis clients, the model registry (checkpoint headers, no torch) and a
-Celery app used only to send tasks by name.
+Celery app that only sends tasks by name; it imports nothing of the worker.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api.errors import install_error_handlers
-from api.registry import ModelRegistry
 from api.routes import events, generate, jobs, page, system
-from api.settings import Settings, get_settings
 from api.store import AsyncJobStore
+from contract.registry import ModelRegistry
+from contract.settings import Settings, get_settings
+from contract.tasks import make_celery
 
 logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).with_name("static")
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, **options)
         raw = aioredis.Redis.from_url(settings.redis_url, **options)
         app.state.store = AsyncJobStore(client, raw, settings.key_prefix, settings.result_ttl_s)
+        app.state.celery = make_celery(settings)  # sends tasks by name; includes no task module
         logger.info("API using Redis at %s and models in %s", _redacted(settings.redis_url), settings.model_dir)
         try:
             yield
@@ -51,9 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.registry = ModelRegistry(settings)
-    app.state.celery = None  # created on first use (keeps startup light)
     install_error_handlers(app)
-    for module in (generate, jobs, events, system, page):
+    app.include_router(generate.build_router(settings.limits))
+    for module in (jobs, events, system, page):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -1,34 +1,38 @@
-"""Request dependencies: the job store, settings, registry, Celery sender and API keys."""
+"""Request dependencies (``Annotated``): the job store, settings, model registry, the Celery
+sender and the API-key check. Everything is created once in :func:`api.app.create_app`."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from celery import Celery
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 
-from api.registry import ModelRegistry
-from api.settings import Settings
 from api.store import AsyncJobStore
+from contract.registry import ModelRegistry
+from contract.settings import Settings
 
 
-def store(request: Request) -> AsyncJobStore:
+def _store(request: Request) -> AsyncJobStore:
     return request.app.state.store
 
 
-def settings(request: Request) -> Settings:
+def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def registry(request: Request) -> ModelRegistry:
+def _registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-def celery(request: Request) -> Celery:
-    """The Celery app used to send tasks by name (created once; no task module imported)."""
-    if request.app.state.celery is None:
-        from worker.celery_app import make_celery
-
-        request.app.state.celery = make_celery(request.app.state.settings)
+def _celery(request: Request) -> Celery:
     return request.app.state.celery
+
+
+StoreDep = Annotated[AsyncJobStore, Depends(_store)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
+CeleryDep = Annotated[Celery, Depends(_celery)]
 
 
 def require_api_key(request: Request) -> None:

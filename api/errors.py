@@ -1,4 +1,5 @@
-"""Error responses: every bad request gets a JSON body with a one-line ``message``."""
+"""Error answers: every bad request gets a JSON :class:`~api.schemas.ErrorBody` with a one-line
+``message``; never a stack trace. :func:`responses` documents them per route in OpenAPI."""
 
 from __future__ import annotations
 
@@ -11,16 +12,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.resolve import FieldError
+from api.schemas import ErrorBody
+from api.store import QueueFull
+
 logger = logging.getLogger(__name__)
 
+DESCRIPTIONS = {
+    400: "a malformed header",
+    401: "an API key is required",
+    404: "no such job (unknown, or expired after its time to live)",
+    409: "the job is not in a state that allows this",
+    422: "a field is invalid; the message names it",
+    429: "the queue is full; retry after Retry-After seconds",
+    503: "the job store (Redis) is unavailable",
+}
 
-class FieldError(Exception):
-    """A request field that is well-formed but not valid for the chosen model (422)."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error codes, each with the :class:`ErrorBody` schema."""
+    return {code: {"model": ErrorBody, "description": DESCRIPTIONS[code]} for code in codes}
 
 
 def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -52,6 +63,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _field(request: Request, exc: FieldError) -> JSONResponse:
         error = {"loc": ("body", exc.field), "msg": exc.message, "type": "value_error"}
         return JSONResponse(validation_body([error]), status_code=422)
+
+    @app.exception_handler(QueueFull)
+    async def _full(request: Request, exc: QueueFull) -> JSONResponse:
+        return JSONResponse({"message": str(exc)}, status_code=429, headers={"Retry-After": "30"})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

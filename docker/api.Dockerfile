@@ -18,7 +18,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install -r /tmp/service-requirements.txt
 COPY ddpm_core ./ddpm_core
 COPY api ./api
-COPY worker ./worker
+COPY contract ./contract
 RUN pip install --no-deps . \
     && python -c "import api.app, sys; assert 'torch' not in sys.modules" \
     && useradd --create-home --uid 10001 app \

@@ -14,7 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY ddpm_core ./ddpm_core
-COPY api ./api
+COPY contract ./contract
 COPY worker ./worker
 RUN pip install '.[service]' \
     && python -c "import torch, worker.celery_app; print('torch', torch.__version__)" \

@@ -1,5 +1,5 @@
-"""The generation worker (Celery over Redis) and ``ddpm serve``.
+"""The generation worker: a Celery app over Redis that runs job specs with torch.
 
-``worker.celery_app`` and ``worker.jobs`` are torch-free, so the API can send tasks; only
-``worker.tasks`` and ``worker.runner`` (imported by the worker process itself) use torch.
+``worker.celery_app``, ``worker.store`` and ``worker.housekeeping`` are torch-free; torch is
+imported in the pool process, by ``worker.runner`` and ``worker.models``, on the first job.
 """

@@ -12,13 +12,16 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request
+from fastapi import APIRouter, Header, HTTPException, Request
 from sse_starlette.sse import EventSourceResponse
 
 from api import deps
-from api.routes.jobs import load_job
-from api.store import TERMINAL, AsyncJobStore
+from api.errors import responses
+from api.routes.jobs import JobId, load_job
+from api.store import AsyncJobStore
+from contract.layout import TERMINAL_EVENTS
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
@@ -29,27 +32,25 @@ BATCH = 200
 
 async def job_events(request: Request, store: AsyncJobStore, job_id: str, after: str) -> AsyncIterator[dict]:
     """SSE events for ``job_id`` after stream id ``after`` until (and including) a terminal one."""
-    key = store.keys.events(job_id)
     last = after
     try:
         while True:
             if await request.is_disconnected():
                 return
-            reply = await store.client.xread({key: last}, count=BATCH, block=BLOCK_MS)
-            if not reply:
+            entries = await store.events_after(job_id, last, count=BATCH, block_ms=BLOCK_MS)
+            if not entries:
                 # nothing new: stop if the job is gone, or ended before ``after`` (already delivered)
                 record = await store.get(job_id)
                 if record is None:
                     yield {"event": "failed", "data": json.dumps({"status": "expired", "error": "job expired"})}
                     return
-                if record.get("status") in TERMINAL and not await store.client.xread({key: last}, count=1):
+                if record.status.terminal and not await store.events_after(job_id, last, count=1, block_ms=0):
                     return
                 continue
-            for entry_id, fields in reply[0][1]:
-                last = entry_id
-                event = fields.get("event", "message")
-                yield {"id": entry_id, "event": event, "data": fields.get("data", "{}")}
-                if event in TERMINAL:
+            for entry in entries:
+                last = entry.id
+                yield {"id": entry.id, "event": entry.event, "data": entry.data}
+                if entry.event in TERMINAL_EVENTS:
                     return
     except asyncio.CancelledError:
         logger.debug("event stream of job %s closed by the client", job_id)
@@ -57,13 +58,15 @@ async def job_events(request: Request, store: AsyncJobStore, job_id: str, after:
 
 
 @router.get(
-    "/jobs/{job_id}/events", response_class=EventSourceResponse, responses={200: {"content": {"text/event-stream": {}}}}
+    "/jobs/{job_id}/events",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "the job's events"}, **responses(400, 404)},
 )
 async def stream_events(
-    job_id: str,
+    job_id: JobId,
     request: Request,
-    last_event_id: str | None = Header(None, alias="Last-Event-ID"),
-    store: AsyncJobStore = Depends(deps.store),
+    store: deps.StoreDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
     """queued, running, progress (step, total, eta_s), preview (PNG data URI) and one terminal
     event (succeeded, failed or cancelled)."""

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Response
 
 from api import deps
-from api.store import TERMINAL, AsyncJobStore, public_job
+from api.errors import responses
+from api.schemas import CancelAnswer, JobView
+from api.store import AsyncJobStore
+from contract.layout import JobRecord, JobStatus
 
 router = APIRouter(tags=["jobs"])
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 MEDIA = {"png": "image/png", "gif": "image/gif"}
+JobId = Annotated[str, Path(max_length=64, description="the id returned by POST /generate")]
 
 
-async def load_job(store: AsyncJobStore, job_id: str) -> dict[str, str]:
+async def load_job(store: AsyncJobStore, job_id: str) -> JobRecord:
     """The job's record, or 404."""
     record = await store.get(job_id) if JOB_ID.match(job_id) else None
     if record is None:
@@ -22,21 +27,20 @@ async def load_job(store: AsyncJobStore, job_id: str) -> dict[str, str]:
     return record
 
 
-@router.get("/jobs/{job_id}")
-async def get_job(job_id: str = Path(..., max_length=64), store: AsyncJobStore = Depends(deps.store)) -> dict:
-    """Status, progress, queue position, timestamps, parameters, seed, model and error."""
+@router.get("/jobs/{job_id}", response_model=JobView, responses=responses(404))
+async def get_job(job_id: JobId, store: deps.StoreDep) -> JobView:
+    """Status, progress, queue position, timestamps, the job's spec (seed, model, weights hash) and error."""
     record = await load_job(store, job_id)
-    position = await store.position(job_id) if record.get("status") == "queued" else None
-    return public_job(job_id, record, position)
+    position = await store.position(job_id) if record.status is JobStatus.QUEUED else None
+    return JobView.of(record, position)
 
 
 async def _result(job_id: str, kind: str, store: AsyncJobStore) -> Response:
     record = await load_job(store, job_id)
-    status = record.get("status")
-    if status != "succeeded":
-        if status not in TERMINAL:
-            raise HTTPException(409, f"job {job_id} is {status}: its {kind} is not ready yet")
-        raise HTTPException(409, f"job {job_id} ended {status}: it has no {kind}")
+    if record.status is not JobStatus.SUCCEEDED:
+        if not record.status.terminal:
+            raise HTTPException(409, f"job {job_id} is {record.status.value}: its {kind} is not ready yet")
+        raise HTTPException(409, f"job {job_id} ended {record.status.value}: it has no {kind}")
     data = await store.result(job_id, kind)
     if data is None:
         raise HTTPException(404, f"the {kind} of job {job_id} has expired")
@@ -50,9 +54,9 @@ async def _result(job_id: str, kind: str, store: AsyncJobStore) -> Response:
 @router.get(
     "/jobs/{job_id}/png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, 409: {"description": "not finished"}},
+    responses={200: {"content": {"image/png": {}}, "description": "the grid"}, **responses(404, 409)},
 )
-async def get_png(job_id: str, store: AsyncJobStore = Depends(deps.store)) -> Response:
+async def get_png(job_id: JobId, store: deps.StoreDep) -> Response:
     """The grid of samples."""
     return await _result(job_id, "png", store)
 
@@ -60,21 +64,28 @@ async def get_png(job_id: str, store: AsyncJobStore = Depends(deps.store)) -> Re
 @router.get(
     "/jobs/{job_id}/gif",
     response_class=Response,
-    responses={200: {"content": {"image/gif": {}}}, 409: {"description": "not finished"}},
+    responses={200: {"content": {"image/gif": {}}, "description": "the animation"}, **responses(404, 409)},
 )
-async def get_gif(job_id: str, store: AsyncJobStore = Depends(deps.store)) -> Response:
+async def get_gif(job_id: JobId, store: deps.StoreDep) -> Response:
     """The denoising animation."""
     return await _result(job_id, "gif", store)
 
 
-@router.delete("/jobs/{job_id}", status_code=202, dependencies=[Depends(deps.require_api_key)])
-async def cancel_job(job_id: str, store: AsyncJobStore = Depends(deps.store)) -> dict:
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=202,
+    response_model=CancelAnswer,
+    dependencies=[Depends(deps.require_api_key)],
+    responses=responses(401, 404, 409),
+)
+async def cancel_job(job_id: JobId, store: deps.StoreDep) -> CancelAnswer:
     """Cancel a queued job at once, or a running one at its next step."""
     record = await load_job(store, job_id)
-    status = record.get("status")
-    if status in ("succeeded", "failed"):
-        raise HTTPException(409, f"job {job_id} already {status}; nothing to cancel")
-    if status == "cancelled":
-        return {"id": job_id, "status": "cancelled"}
+    if record.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        raise HTTPException(409, f"job {job_id} already {record.status.value}; nothing to cancel")
+    if record.status is JobStatus.CANCELLED:
+        return CancelAnswer(id=job_id, status=JobStatus.CANCELLED, cancel_requested=True)
     status = await store.cancel(job_id)
-    return {"id": job_id, "status": status, "cancel_requested": True}
+    if status is None:
+        raise HTTPException(404, f"no job {job_id!r} (unknown, or expired after its time to live)")
+    return CancelAnswer(id=job_id, status=JobStatus(status), cancel_requested=True)

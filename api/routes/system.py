@@ -4,54 +4,46 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 
 from api import deps
-from api.registry import ModelRegistry
-from api.settings import Settings
-from api.store import AsyncJobStore
+from api.schemas import Health, ModelList, Readiness
 
 router = APIRouter(tags=["service"])
 
 
-@router.get("/models")
-async def list_models(
-    registry: ModelRegistry = Depends(deps.registry), settings: Settings = Depends(deps.settings)
-) -> dict:
-    """The models on offer, read from their checkpoint headers."""
+@router.get("/models", response_model=ModelList)
+async def list_models(registry: deps.RegistryDep, settings: deps.SettingsDep) -> ModelList:
+    """The models on offer, read from their checkpoint headers, and the request limits."""
     models = await run_in_threadpool(registry.list)
-    return {
-        "default": registry.default_name(),
-        "models": [model.public() for model in models],
-        "limits": {
-            "max_n": settings.max_n,
-            "min_steps": settings.min_steps,
-            "max_guidance": settings.max_guidance,
-            "default_ddim_steps": settings.default_ddim_steps,
-        },
-    }
+    return ModelList(default=registry.default_name(), models=models, limits=settings.limits)
 
 
-@router.get("/healthz")
-async def healthz() -> dict:
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
     """The API process is alive."""
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
-@router.get("/readyz", responses={503: {"description": "Redis unreachable or no worker"}})
-async def readyz(store: AsyncJobStore = Depends(deps.store)) -> JSONResponse:
-    """Ready when Redis answers and at least one worker sent a heartbeat recently."""
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Redis unreachable or no worker"}},
+)
+async def readyz(response: Response, store: deps.StoreDep, settings: deps.SettingsDep) -> Readiness:
+    """Ready when Redis answers and at least one worker reported recently."""
     try:
-        await asyncio.wait_for(store.client.ping(), timeout=3)
-        workers = await asyncio.wait_for(store.live_workers(), timeout=3)
+        await asyncio.wait_for(store.ping(), timeout=3)
+        workers = await asyncio.wait_for(store.live_workers(settings.worker_dead_after_s), timeout=3)
         queued = await store.queue_length()
     except Exception as error:  # any failure to reach Redis means not ready
+        response.status_code = 503
         reason = f"Redis is unreachable: {type(error).__name__}: {error}".rstrip(": ")
-        return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
+        return Readiness(status="unavailable", reason=reason)
     if not workers:
-        return JSONResponse(
-            {"status": "unavailable", "reason": "no worker has reported in the last 15 s"}, status_code=503
+        response.status_code = 503
+        return Readiness(
+            status="unavailable", reason=f"no worker has reported in the last {settings.worker_dead_after_s:g} s"
         )
-    return JSONResponse({"status": "ready", "workers": len(workers), "queued": queued})
+    return Readiness(status="ready", workers=len(workers), queued=queued)

@@ -17,8 +17,8 @@ import httpx
 import pytest
 import redis
 
-from worker.redis_server import EmbeddedRedis, free_port
-from worker.serve import api_command, stop_process, worker_command
+from serve.command import api_command, stop_process, worker_command
+from serve.redis_server import EmbeddedRedis, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "service"

@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import redis
 
+from serve.command import worker_command
+from serve.redis_server import EmbeddedRedis
 from tests.service.conftest import (
     service_env,
     start_api,
@@ -19,8 +21,6 @@ from tests.service.conftest import (
     wait_for_worker,
     wait_job,
 )
-from worker.redis_server import EmbeddedRedis
-from worker.serve import worker_command
 
 
 def test_a_job_that_raises_ends_failed_with_its_message(client: httpx.Client, model_dir: Path) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from serve.redis_server import free_port
 from tests.service.conftest import ARTIFACTS, REPO, wait_job
-from worker.redis_server import free_port
 
 
 def test_ddpm_serve_runs_the_stack_and_stops_on_ctrl_c(model_dir: Path) -> None:

@@ -1,7 +1,10 @@
-"""One settings object for the API and the worker, read from the environment.
+"""One settings object for the API, the workers and ``ddpm serve``, read from the environment.
 
 ``REDIS_URL`` is read as is; every other setting is ``DDPM_<NAME>`` (for example
 ``DDPM_MODEL_DIR``, ``DDPM_RESULT_TTL_S``, ``DDPM_API_KEYS=key1,key2``). Torch-free.
+
+Every limit a request is checked against lives here once (:class:`Limits`): the API builds its
+request schema from it, so validation and ``/openapi.json`` always agree with the settings.
 """
 
 from __future__ import annotations
@@ -9,10 +12,21 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Limits(BaseModel):
+    """The bounds of a generation request (also shown by ``GET /models``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_n: int = Field(description="most samples in one job")
+    min_steps: int = Field(description="fewest DDIM steps")
+    default_ddim_steps: int = Field(description="DDIM steps when none are given")
+    max_guidance: float = Field(description="largest classifier-free guidance scale")
 
 
 class Settings(BaseSettings):
@@ -28,10 +42,11 @@ class Settings(BaseSettings):
     default_model: str = "mnist"
     result_ttl_s: int = Field(24 * 3600, ge=60)
     max_queue: int = Field(32, ge=1)  # queued jobs beyond this get 429
-    max_n: int = Field(64, ge=1)
+    # request limits (see Limits)
+    max_n: int = Field(64, ge=1, le=4096)
     min_steps: int = Field(10, ge=1)
     default_ddim_steps: int = Field(50, ge=1)
-    max_guidance: float = 10.0
+    max_guidance: float = Field(10.0, ge=0, allow_inf_nan=False)
     api_keys: str = ""  # comma-separated; empty: no key needed
     # the worker
     device: str = "auto"  # auto: CUDA when present, else CPU
@@ -40,19 +55,34 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(3 * 3600, ge=1)  # longer than the longest job
     heartbeat_s: float = Field(2.0, gt=0)
     stale_after_s: float = Field(60.0, gt=0)  # a running job without heartbeat this long is re-run
+    worker_dead_after_s: float = Field(10.0, gt=0)  # a worker silent this long is dead: its jobs are re-run
     max_attempts: int = Field(3, ge=1)
     preview_count: int = Field(20, ge=0)  # preview images per job
     gif_frames: int = Field(40, ge=2)
     progress_interval_s: float = Field(0.1, ge=0)
 
     @model_validator(mode="after")
-    def _visibility_outlasts_jobs(self) -> Settings:
+    def _consistent(self) -> Settings:
         # a job still running when the broker's visibility timeout ends would be delivered twice
         if self.visibility_timeout_s <= self.max_job_s:
             raise ValueError(
                 f"DDPM_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed DDPM_MAX_JOB_S ({self.max_job_s})"
             )
+        if self.default_ddim_steps < self.min_steps:
+            raise ValueError(
+                f"DDPM_DEFAULT_DDIM_STEPS ({self.default_ddim_steps}) must be at least "
+                f"DDPM_MIN_STEPS ({self.min_steps})"
+            )
         return self
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_n=self.max_n,
+            min_steps=self.min_steps,
+            default_ddim_steps=self.default_ddim_steps,
+            max_guidance=self.max_guidance,
+        )
 
     @property
     def api_key_set(self) -> frozenset[str]:

@@ -1,6 +1,8 @@
 """``ddpm serve``: the whole stack on one machine — Redis (embedded unless ``REDIS_URL`` is
 set), one worker process and the API — stopped together by Ctrl-C.
 
+The ``ddpm`` command finds this module through the ``ddpm.commands`` entry point.
+
 The API and the worker run as child processes of their own (the API never imports torch);
 they get their configuration through the environment, like in a container.
 """
@@ -110,7 +112,7 @@ def _wait_http(url: str, timeout: float, processes: list[tuple[str, subprocess.P
 
 def _warn_without_models(env: dict[str, str]) -> None:
     """Say so at start when there is nothing to serve (the page would offer no model)."""
-    from api.settings import Settings
+    from contract.settings import Settings
 
     if env.get("DDPM_CHECKPOINT"):
         return
@@ -125,7 +127,7 @@ def _warn_without_models(env: dict[str, str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ddpm_core.errors import UsageError
-    from worker.redis_server import EmbeddedRedis, RedisServerError
+    from serve.redis_server import EmbeddedRedis, RedisServerError
 
     env = dict(os.environ)
     if args.checkpoint is not None:

@@ -1,54 +1,45 @@
 """The models a service offers: ``*.safetensors`` files in the model directory (plus an
 optional single checkpoint), named by file stem, described from their headers without torch.
+
+The API resolves a request's model here (name -> :class:`ModelInfo` with the weights' SHA-256);
+a worker finds the file of a job's model here and checks its hash against the job's spec.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from api.settings import Settings
-from ddpm_core.checkpoint_header import CheckpointError, file_sha256, read_checkpoint_info
+from pydantic import BaseModel, ConfigDict, Field
+
+from contract.settings import Settings
+from ddpm_core.checkpoint_header import file_sha256, inference_defaults, read_checkpoint_info
+from ddpm_core.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
 
 class UnknownModel(LookupError):
-    """No model of that name is offered."""
+    """No model of that name is offered (the message never shows server paths)."""
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the API needs to know about one checkpoint."""
+class ModelInfo(BaseModel):
+    """One model on offer, as ``GET /models`` shows it."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
 
     name: str
-    path: Path
-    class_names: list[str]
-    sample_shape: list[int]
-    num_train_timesteps: int
     dataset: str
     model_kind: str
+    class_names: list[str]
+    conditional: bool
+    sample_shape: list[int]
+    num_train_timesteps: int
     parameter_count: int
     default_guidance: float
     weights_sha256: str
-
-    def public(self) -> dict[str, Any]:
-        """The JSON shown by ``GET /models``."""
-        return {
-            "name": self.name,
-            "dataset": self.dataset,
-            "model_kind": self.model_kind,
-            "class_names": self.class_names,
-            "conditional": bool(self.class_names),
-            "sample_shape": self.sample_shape,
-            "num_train_timesteps": self.num_train_timesteps,
-            "parameter_count": self.parameter_count,
-            "default_guidance": self.default_guidance,
-            "weights_sha256": self.weights_sha256,
-        }
+    path: Path = Field(exclude=True)  # where the worker loads it from; never shown
 
 
 class ModelRegistry:
@@ -77,9 +68,7 @@ class ModelRegistry:
         paths = self.paths()
         if name not in paths:
             available = ", ".join(model.name for model in self.list()) or "none"
-            raise UnknownModel(
-                f"unknown model {name!r}; available: {available} (model directory {self.settings.model_dir})"
-            )
+            raise UnknownModel(f"unknown model {name!r}; available: {available}")
         return self._info(name, paths[name])
 
     def default_name(self) -> str:
@@ -89,12 +78,12 @@ class ModelRegistry:
         return self.settings.default_model
 
     def list(self) -> list[ModelInfo]:
-        """Every readable model; unreadable files are logged and left out."""
+        """Every readable model; unreadable files are logged once and left out."""
         models = []
         for name, path in self.paths().items():
             try:
                 models.append(self._info(name, path))
-            except (UnknownModel, CheckpointError, OSError) as error:
+            except (UnknownModel, OSError) as error:
                 stamp = (path, path.stat().st_mtime if path.exists() else 0.0)
                 if stamp not in self._skipped:
                     self._skipped.add(stamp)
@@ -104,8 +93,8 @@ class ModelRegistry:
     def _info(self, name: str, path: Path) -> ModelInfo:
         try:
             stat = path.stat()
-        except OSError as error:
-            raise UnknownModel(f"model {name!r} cannot be read: {error}") from None
+        except OSError:
+            raise UnknownModel(f"model {name!r} cannot be read") from None
         key = (stat.st_mtime, stat.st_size)
         with self._lock:
             cached = self._cache.get(path)
@@ -113,19 +102,23 @@ class ModelRegistry:
                 return cached[1]
         try:
             header = read_checkpoint_info(path)
+            defaults = inference_defaults(header.get("training") or {})
         except CheckpointError as error:
-            raise UnknownModel(f"model {name!r} is not usable: {error}") from None
-        training = header.get("training") or {}
+            logger.warning("model %s (%s) is not usable: %s", name, path, error)
+            reason = str(error).replace(str(path), path.name)
+            raise UnknownModel(f"model {name!r} is not usable: {reason}") from None
+        class_names = [str(item) for item in header["class_names"]]
         info = ModelInfo(
             name=name,
             path=path,
-            class_names=[str(item) for item in header["class_names"]],
-            sample_shape=[int(item) for item in header["sample_shape"]],
-            num_train_timesteps=int(header["schedule"]["num_train_timesteps"]),
             dataset=str(header["dataset"]),
             model_kind=str(header["model_kind"]),
+            class_names=class_names,
+            conditional=bool(class_names),
+            sample_shape=[int(item) for item in header["sample_shape"]],
+            num_train_timesteps=int(header["schedule"]["num_train_timesteps"]),
             parameter_count=int(header["parameter_count"]),
-            default_guidance=float(training.get("default_guidance", 0.0) or 0.0),
+            default_guidance=defaults.default_guidance,
             weights_sha256=file_sha256(path),
         )
         with self._lock:

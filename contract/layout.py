@@ -1,0 +1,138 @@
+"""The Redis layout shared by the API and the workers, and the typed job record.
+
+Per job, each with the result time to live:
+
+* ``{p}:job:{id}`` hash: ``status``, ``spec`` (a :class:`~contract.spec.JobSpec` as JSON),
+  ``step``, ``total``, ``created_at`` / ``started_at`` / ``finished_at`` / ``heartbeat_at``
+  (epoch seconds), ``worker``, ``attempts``, ``cancel``, ``error``, ``seconds``;
+* ``{p}:events:{id}`` stream: entries ``event`` (type) and ``data`` (JSON), ids used as SSE ids;
+* ``{p}:png:{id}``, ``{p}:gif:{id}``: the results.
+
+Shared: ``{p}:queue`` (sorted set of queued ids by submission time, for queue positions and
+the queue cap), ``{p}:running`` (set of running ids, for recovering jobs of dead workers) and
+``{p}:workers`` (sorted set of worker names by last heartbeat, for ``/readyz``).
+
+Every status change goes through one of the scripts in :mod:`contract.transitions`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from contract.spec import JobSpec
+
+WORKER_FRESH_S = 15.0  # a worker that reported within this many seconds counts as alive
+
+
+class JobStatus(str, Enum):
+    """A job's life: queued -> running -> one terminal status (running may go back to queued
+    when its worker dies)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+TERMINAL_EVENTS = frozenset(status.value for status in TERMINAL)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str = "ddpm"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}:events:{job_id}"
+
+    def result(self, job_id: str, kind: str) -> str:
+        """``kind`` is ``png`` or ``gif``."""
+        if kind not in ("png", "gif"):
+            raise ValueError(f"unknown result kind {kind!r}")
+        return f"{self.prefix}:{kind}:{job_id}"
+
+    @property
+    def queue(self) -> str:
+        return f"{self.prefix}:queue"
+
+    @property
+    def running(self) -> str:
+        return f"{self.prefix}:running"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as stored: the typed view of its hash."""
+
+    id: str
+    status: JobStatus
+    spec: JobSpec
+    step: int
+    total: int
+    attempts: int
+    cancel_requested: bool
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    heartbeat_at: float | None = None
+    worker: str | None = None
+    error: str | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def from_hash(cls, job_id: str, fields: dict[str, str]) -> JobRecord:
+        """Parse a job hash (as read with ``decode_responses=True``)."""
+        return cls(
+            id=job_id,
+            status=JobStatus(fields["status"]),
+            spec=JobSpec.from_json(fields["spec"]),
+            step=int(fields.get("step") or 0),
+            total=int(fields.get("total") or 0),
+            attempts=int(fields.get("attempts") or 0),
+            cancel_requested=fields.get("cancel") == "1",
+            created_at=float(fields.get("created_at") or 0.0),
+            started_at=_float(fields.get("started_at")),
+            finished_at=_float(fields.get("finished_at")),
+            heartbeat_at=_float(fields.get("heartbeat_at")),
+            worker=fields.get("worker") or None,
+            error=fields.get("error") or None,
+            seconds=_float(fields.get("seconds")),
+        )
+
+
+def new_job_fields(spec: JobSpec, now: float) -> dict[str, str]:
+    """The hash of a job just submitted."""
+    return {
+        "status": JobStatus.QUEUED.value,
+        "spec": spec.to_json(),
+        "step": "0",
+        "total": str(spec.steps),
+        "attempts": "0",
+        "created_at": repr(now),
+    }
+
+
+def event_data(data: dict[str, Any]) -> str:
+    """An event's JSON, compact."""
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value else None

@@ -1,0 +1,198 @@
+"""Job state transitions: each is one Lua script, so a change of status, the queue, the set of
+running jobs and the event that announces it happen together or not at all.
+
+==========  ===========================  ==============================================
+script      from                         to
+==========  ===========================  ==============================================
+create      (no job)                     queued, if fewer than the cap are waiting
+claim       queued, or running abandoned  running (attempts + 1)
+finish      queued or running            succeeded, failed or cancelled
+cancel      queued                       cancelled (a running job gets a cancel flag)
+requeue     running abandoned            queued
+==========  ===========================  ==============================================
+
+A running job is *abandoned* when its heartbeat is older than the stale window, or when the
+worker that claimed it has not reported for ``worker_dead_after_s`` (a killed worker's job is
+taken over within seconds, not after the whole stale window).
+
+:class:`Transitions` registers the scripts on a Redis client, sync or async alike: each method
+returns the script's reply, or an awaitable of it for an async client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contract.layout import JobStatus, Keys, event_data, new_job_fields
+from contract.spec import JobSpec
+
+_ABANDONED = """
+local function abandoned(job_key, workers_key, now, stale, dead_after)
+  local beat = tonumber(redis.call('HGET', job_key, 'heartbeat_at') or '0')
+  if now - beat > stale then return true end
+  local worker = redis.call('HGET', job_key, 'worker')
+  if not worker then return true end
+  local seen = redis.call('ZSCORE', workers_key, worker)
+  if not seen then return true end
+  return now - tonumber(seen) > dead_after
+end
+"""
+
+# KEYS: job, queue, events. ARGV: now, ttl, max_queue, job id, event data, field, value, ...
+# -> queue position (>= 1), 0 when the queue is full, -1 when the id exists.
+CREATE_LUA = """
+local now, ttl, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+if redis.call('ZCOUNT', KEYS[2], now - ttl, '+inf') >= cap then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], now, ARGV[4])
+redis.call('XADD', KEYS[3], '*', 'event', 'queued', 'data', ARGV[5])
+redis.call('EXPIRE', KEYS[3], ttl)
+return redis.call('ZCOUNT', KEYS[2], now - ttl, now)
+"""
+
+# KEYS: job, queue, running, events, workers. ARGV: now, worker, stale, dead_after, ttl,
+# max_attempts, job id -> attempt number (>= 1); 0 not claimable; -1 no job; -2 out of attempts.
+CLAIM_LUA = (
+    _ABANDONED
+    + """
+local now = tonumber(ARGV[1])
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status == 'running' then
+  if not abandoned(KEYS[1], KEYS[5], now, tonumber(ARGV[3]), tonumber(ARGV[4])) then return 0 end
+elseif status ~= 'queued' then
+  return 0
+end
+if tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') >= tonumber(ARGV[6]) then return -2 end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'heartbeat_at', ARGV[1],
+           'worker', ARGV[2], 'step', '0')
+redis.call('ZREM', KEYS[2], ARGV[7])
+redis.call('SADD', KEYS[3], ARGV[7])
+redis.call('XADD', KEYS[4], '*', 'event', 'running', 'data',
+           cjson.encode({status = 'running', attempt = attempt, worker = ARGV[2]}))
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
+return attempt
+"""
+)
+
+# KEYS: job, queue, running, events. ARGV: now, ttl, status, event data, job id, field, value, ...
+# -> 1 done, 0 already ended, -1 no job.
+FINISH_LUA = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status ~= 'queued' and status ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished_at', ARGV[1])
+if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
+redis.call('ZREM', KEYS[2], ARGV[5])
+redis.call('SREM', KEYS[3], ARGV[5])
+redis.call('XADD', KEYS[4], '*', 'event', ARGV[3], 'data', ARGV[4])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS: job, queue, events. ARGV: now, ttl, job id -> the status after the request (a running
+# job keeps running until its next step), or nil when there is no job.
+CANCEL_LUA = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return false end
+if status ~= 'queued' and status ~= 'running' then return status end
+redis.call('HSET', KEYS[1], 'cancel', '1')
+if status == 'running' then return status end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('XADD', KEYS[3], '*', 'event', 'cancelled', 'data', cjson.encode({status = 'cancelled', step = 0}))
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
+return 'cancelled'
+"""
+
+# KEYS: job, queue, running, events, workers. ARGV: now, stale, dead_after, job id
+# -> 1 queued again, 0 not abandoned (or no longer running).
+REQUEUE_LUA = (
+    _ABANDONED
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then
+  redis.call('SREM', KEYS[3], ARGV[4])
+  return 0
+end
+if not abandoned(KEYS[1], KEYS[5], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])) then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'step', '0')
+redis.call('SREM', KEYS[3], ARGV[4])
+redis.call('ZADD', KEYS[2], tonumber(redis.call('HGET', KEYS[1], 'created_at') or ARGV[1]), ARGV[4])
+redis.call('XADD', KEYS[4], '*', 'event', 'queued', 'data',
+           cjson.encode({status = 'queued', requeued = true, reason = 'its worker stopped'}))
+return 1
+"""
+)
+
+
+class Transitions:
+    """The transition scripts bound to one client and key prefix."""
+
+    def __init__(self, client: Any, keys: Keys) -> None:
+        self.keys = keys
+        self._create = client.register_script(CREATE_LUA)
+        self._claim = client.register_script(CLAIM_LUA)
+        self._finish = client.register_script(FINISH_LUA)
+        self._cancel = client.register_script(CANCEL_LUA)
+        self._requeue = client.register_script(REQUEUE_LUA)
+
+    def create(self, job_id: str, spec: JobSpec, *, now: float, ttl_s: int, max_queue: int) -> Any:
+        """Store a queued job unless ``max_queue`` jobs already wait; its queue position, 0 when
+        the queue is full, -1 when the id is taken."""
+        k = self.keys
+        fields = [item for pair in new_job_fields(spec, now).items() for item in pair]
+        data = event_data({"status": "queued", "job": job_id})
+        return self._create(
+            keys=[k.job(job_id), k.queue, k.events(job_id)],
+            args=[repr(now), ttl_s, max_queue, job_id, data, *fields],
+        )
+
+    def claim(
+        self,
+        job_id: str,
+        worker: str,
+        *,
+        now: float,
+        stale_after_s: float,
+        worker_dead_after_s: float,
+        ttl_s: int,
+        max_attempts: int,
+    ) -> Any:
+        """Take a queued (or abandoned) job for ``worker``: the attempt number, 0 when it is not
+        claimable, -1 when it does not exist, -2 when it has used up its attempts."""
+        k = self.keys
+        return self._claim(
+            keys=[k.job(job_id), k.queue, k.running, k.events(job_id), k.workers],
+            args=[repr(now), worker, repr(stale_after_s), repr(worker_dead_after_s), ttl_s, max_attempts, job_id],
+        )
+
+    def finish(
+        self, job_id: str, status: JobStatus, data: dict[str, Any], *, now: float, ttl_s: int, **fields: Any
+    ) -> Any:
+        """End a queued or running job with a terminal ``status``; 1 done, 0 already ended."""
+        if not status.terminal:
+            raise ValueError(f"{status.value} is not a terminal status")
+        k = self.keys
+        extra = [str(item) for pair in fields.items() for item in pair]
+        return self._finish(
+            keys=[k.job(job_id), k.queue, k.running, k.events(job_id)],
+            args=[repr(now), ttl_s, status.value, event_data({"status": status.value, **data}), job_id, *extra],
+        )
+
+    def cancel(self, job_id: str, *, now: float, ttl_s: int) -> Any:
+        """Cancel a queued job, or flag a running one; the status after, or None."""
+        k = self.keys
+        return self._cancel(keys=[k.job(job_id), k.queue, k.events(job_id)], args=[repr(now), ttl_s, job_id])
+
+    def requeue(self, job_id: str, *, now: float, stale_after_s: float, worker_dead_after_s: float) -> Any:
+        """Put an abandoned running job back in the queue; 1 done, 0 not abandoned."""
+        k = self.keys
+        return self._requeue(
+            keys=[k.job(job_id), k.queue, k.running, k.events(job_id), k.workers],
+            args=[repr(now), repr(stale_after_s), repr(worker_dead_after_s), job_id],
+        )

@@ -1,0 +1,63 @@
+"""The worker's background duties: a heartbeat per running job, and in the worker's main
+process a heartbeat of the worker itself (for ``/readyz`` and for others to see it alive) that
+also re-queues jobs whose worker died."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+
+from contract.settings import Settings
+from contract.spec import JobSpec
+from worker.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+
+class JobHeartbeat(threading.Thread):
+    """Touches a running job's heartbeat while it runs (a step or a model load may be long)."""
+
+    def __init__(self, store: JobStore, job_id: str, interval: float) -> None:
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.store, self.job_id, self.interval = store, job_id, interval
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            try:
+                self.store.heartbeat(self.job_id)
+            except Exception as error:  # Redis hiccup: the next beat may work
+                logger.warning("heartbeat for job %s failed: %s", self.job_id, error)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+class WorkerHousekeeping(threading.Thread):
+    """Announce the worker every few seconds; re-queue abandoned jobs with ``resend``."""
+
+    def __init__(self, name: str, settings: Settings, resend: Callable[[str, JobSpec], None]) -> None:
+        super().__init__(name="ddpm-housekeeping", daemon=True)
+        self.worker = name
+        self.settings = settings
+        self.resend = resend
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        store = JobStore(self.settings)
+        interval = min(self.settings.heartbeat_s, self.settings.worker_dead_after_s / 3)
+        while True:
+            try:
+                store.worker_alive(self.worker)
+                for record in store.requeue_abandoned():
+                    logger.warning("job %s lost its worker %s; queueing it again", record.id, record.worker)
+                    self.resend(record.id, record.spec)
+                store.prune_queue()
+            except Exception as error:
+                logger.warning("housekeeping failed: %s", error)
+            if self.stopped.wait(interval):
+                break
+        with contextlib.suppress(Exception):  # Redis may already be gone at shutdown
+            store.worker_gone(self.worker)

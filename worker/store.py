@@ -1,0 +1,148 @@
+"""The worker's (synchronous) access to jobs in Redis: named operations over the contract's
+layout and transitions. Torch-free."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+
+from contract.layout import JobRecord, JobStatus, Keys, event_data, new_job_fields
+from contract.settings import Settings
+from contract.spec import JobSpec
+from contract.transitions import Transitions
+
+logger = logging.getLogger(__name__)
+
+
+class Claim:
+    """The outcome of :meth:`JobStore.claim`: ``attempt`` >= 1 when this worker runs the job."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    @property
+    def claimed(self) -> bool:
+        return self.code >= 1
+
+    @property
+    def out_of_attempts(self) -> bool:
+        return self.code == -2
+
+
+class JobStore:
+    """Job state changes made by workers; every change also lands in the job's event stream."""
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.client = client or redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.raw = redis.Redis.from_url(settings.redis_url)
+        self.keys = Keys(settings.key_prefix)
+        self.ttl_s = settings.result_ttl_s
+        self.transitions = Transitions(self.client, self.keys)
+
+    # ------------------------------------------------------------------ records
+    def get(self, job_id: str) -> JobRecord | None:
+        fields = self.client.hgetall(self.keys.job(job_id))
+        return JobRecord.from_hash(job_id, fields) if fields else None
+
+    def ensure(self, job_id: str, spec: JobSpec) -> JobRecord:
+        """The job's record; recreated from the task's spec if it expired meanwhile."""
+        record = self.get(job_id)
+        if record is not None:
+            return record
+        logger.warning("job %s has no record (expired?); recreating it from the task", job_id)
+        self.client.hset(self.keys.job(job_id), mapping=new_job_fields(spec, time.time()))
+        self.client.expire(self.keys.job(job_id), self.ttl_s)
+        record = self.get(job_id)
+        assert record is not None
+        return record
+
+    def claim(self, job_id: str, worker: str) -> Claim:
+        """Take a queued job (or one whose worker died) for ``worker``."""
+        s = self.settings
+        code = self.transitions.claim(
+            job_id,
+            worker,
+            now=time.time(),
+            stale_after_s=s.stale_after_s,
+            worker_dead_after_s=s.worker_dead_after_s,
+            ttl_s=self.ttl_s,
+            max_attempts=s.max_attempts,
+        )
+        return Claim(int(code))
+
+    def heartbeat(self, job_id: str) -> None:
+        self.client.hset(self.keys.job(job_id), "heartbeat_at", repr(time.time()))
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.client.hget(self.keys.job(job_id), "cancel") == "1"
+
+    def progress(self, job_id: str, step: int, total: int, eta_s: float | None, elapsed_s: float) -> None:
+        """Record the step reached and announce it (also a heartbeat)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(
+            self.keys.job(job_id), mapping={"step": str(step), "total": str(total), "heartbeat_at": repr(time.time())}
+        )
+        data = {
+            "step": step,
+            "total": total,
+            "eta_s": None if eta_s is None else round(eta_s, 2),
+            "elapsed_s": round(elapsed_s, 2),
+        }
+        pipe.xadd(self.keys.events(job_id), {"event": "progress", "data": event_data(data)})
+        pipe.execute()
+
+    def event(self, job_id: str, event: str, data: dict[str, Any]) -> None:
+        """Append a non-status event (for example a preview) to the job's stream."""
+        self.client.xadd(self.keys.events(job_id), {"event": event, "data": event_data(data)})
+
+    # ------------------------------------------------------------------ endings
+    def succeed(self, job_id: str, png: bytes, gif: bytes, seconds: float) -> bool:
+        """Store the results, then mark the job succeeded (results exist before the status says so)."""
+        pipe = self.raw.pipeline(transaction=True)
+        pipe.set(self.keys.result(job_id, "png"), png, ex=self.ttl_s)
+        pipe.set(self.keys.result(job_id, "gif"), gif, ex=self.ttl_s)
+        pipe.execute()
+        return self._finish(job_id, JobStatus.SUCCEEDED, {"seconds": round(seconds, 3)}, seconds=repr(seconds))
+
+    def fail(self, job_id: str, error: str) -> bool:
+        return self._finish(job_id, JobStatus.FAILED, {"error": error}, error=error)
+
+    def cancelled(self, job_id: str, step: int) -> bool:
+        return self._finish(job_id, JobStatus.CANCELLED, {"step": step})
+
+    def _finish(self, job_id: str, status: JobStatus, data: dict[str, Any], **fields: Any) -> bool:
+        done = int(self.transitions.finish(job_id, status, data, now=time.time(), ttl_s=self.ttl_s, **fields)) == 1
+        if not done:
+            logger.warning("job %s had already ended; not marking it %s", job_id, status.value)
+        return done
+
+    # ------------------------------------------------------------------ workers
+    def worker_alive(self, name: str) -> None:
+        now = time.time()
+        self.client.zadd(self.keys.workers, {name: now})
+        self.client.zremrangebyscore(self.keys.workers, "-inf", now - 3600)
+
+    def worker_gone(self, name: str) -> None:
+        self.client.zrem(self.keys.workers, name)
+
+    def prune_queue(self) -> int:
+        """Drop queue entries older than the time to live (their jobs have expired)."""
+        return int(self.client.zremrangebyscore(self.keys.queue, "-inf", time.time() - self.ttl_s))
+
+    def requeue_abandoned(self) -> list[JobRecord]:
+        """Put running jobs whose worker stopped back in the queue; their records."""
+        s = self.settings
+        requeued = []
+        for job_id in self.client.smembers(self.keys.running):
+            done = self.transitions.requeue(
+                job_id, now=time.time(), stale_after_s=s.stale_after_s, worker_dead_after_s=s.worker_dead_after_s
+            )
+            if int(done) == 1:
+                record = self.get(job_id)
+                if record is not None:
+                    requeued.append(record)
+        return requeued
