@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ddpm_core.atomic import atomic_path
 from ddpm_core.checkpoint_header import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -68,7 +69,6 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model``'s weights and metadata to ``path`` atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -81,9 +81,8 @@ def save_checkpoint(
         "training": json.dumps(training or {}),
     }
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
-    partial = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(partial), metadata=metadata)
-    partial.replace(path)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
     return path
 
 

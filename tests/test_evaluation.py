@@ -23,7 +23,6 @@ from ddpm_core.evaluation.classifier import (
     preprocess,
     random_shift,
     save_classifier,
-    to_uint8,
     train_classifier,
 )
 from ddpm_core.evaluation.evaluate import Reference
@@ -37,6 +36,7 @@ from ddpm_core.evaluation.fid import (
     trace_sqrt_product,
 )
 from ddpm_core.models import MLPConfig, build_model
+from ddpm_core.render import to_uint8_images
 from ddpm_core.schedule import NoiseSchedule
 
 TINY = ClassifierConfig(channels=(8, 16, 16), blocks=(1, 1, 1), num_classes=10, dropout=0.0)
@@ -212,7 +212,7 @@ def test_per_class_fid_exposes_a_collapsed_class():
 
 def test_preprocessing_is_shared_by_real_and_generated_images():
     samples = torch.tensor([-1.0, 0.0, 1.0, 2.0]).repeat(196).reshape(1, 1, 28, 28)
-    images = to_uint8(samples)
+    images = to_uint8_images(samples)[..., 0]
     assert images.dtype == np.uint8 and images.shape == (1, 28, 28)
     assert set(np.unique(images)) <= {0, 128, 255}
     back = preprocess(images)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ddpm_core.data.datasets import TrainingData
@@ -51,9 +50,3 @@ def make_sample_writer(data: TrainingData, schedule: NoiseSchedule, steps: int =
         model.train(was_training)
 
     return write
-
-
-def resolve_device(name: str) -> torch.device:
-    from ddpm_core.training import pick_device
-
-    return pick_device(name)

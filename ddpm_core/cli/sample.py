@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_core.checkpoint import load_checkpoint
-from ddpm_core.cli.common import resolve_device
+from ddpm_core.device import pick_device
 from ddpm_core.errors import UsageError
 from ddpm_core.pipeline import generate
 from ddpm_core.render import FrameRecorder, ScatterRecorder, save_gif, save_grid, save_scatter
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("nothing to write: give --png, --gif and/or --npy")
     if args.n < 1:
         raise UsageError("--n must be at least 1")
-    checkpoint = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    checkpoint = load_checkpoint(args.checkpoint, device=pick_device(args.device))
     if args.all_classes and (args.digit is not None or checkpoint.num_classes == 0):
         raise UsageError("--all-classes needs a class-conditional model and no --digit")
     if args.digit is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm_core.atomic import atomic_path
 from ddpm_core.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -94,10 +95,8 @@ def _download(directory: Path, stem: str) -> Path:
         if hashlib.md5(payload).hexdigest() != MNIST_MD5[name]:
             errors.append(f"{mirror}: checksum mismatch")
             continue
-        directory.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".part")
-        partial.write_bytes(payload)
-        partial.replace(target)
+        with atomic_path(target) as temporary:
+            temporary.write_bytes(payload)
         return target
     raise DatasetError(f"{stem} is not in {directory} and could not be downloaded ({'; '.join(errors)})")
 

@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ddpm_core.atomic import atomic_path
 from ddpm_core.checkpoint_header import CheckpointError, file_sha256, read_raw_header
 from ddpm_core.config import StoredConfig
 
@@ -90,12 +91,6 @@ class DigitClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.features(images)))
-
-
-def to_uint8(samples: torch.Tensor) -> np.ndarray:
-    """Generated samples (B, 1, 28, 28) in [-1, 1] -> uint8 (B, 28, 28), as a saved PNG would hold them."""
-    images = ((samples.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return images.reshape(images.shape[0], *images.shape[-2:]).cpu().numpy()
 
 
 def preprocess(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -209,7 +204,6 @@ def accuracy(model: DigitClassifier, images: np.ndarray, labels: np.ndarray) -> 
 def save_classifier(path: str | Path, model: DigitClassifier, info: dict[str, Any] | None = None) -> Path:
     """Write weights with the config and ``info`` (e.g. test accuracy, training settings) as JSON metadata."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
         "format": CLASSIFIER_FORMAT,
         "format_version": CLASSIFIER_FORMAT_VERSION,
@@ -217,9 +211,8 @@ def save_classifier(path: str | Path, model: DigitClassifier, info: dict[str, An
         "info": json.dumps(info or {}),
     }
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    partial = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(partial), metadata=metadata)
-    partial.replace(path)
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
     return path
 
 

@@ -23,7 +23,7 @@ import torch
 
 from ddpm_core.checkpoint import LoadedCheckpoint
 from ddpm_core.data.mnist import load_mnist
-from ddpm_core.evaluation.classifier import LoadedClassifier, classify, to_uint8
+from ddpm_core.evaluation.classifier import LoadedClassifier, classify
 from ddpm_core.evaluation.fid import (
     MIN_EXTRAPOLATION_SAMPLES,
     FeatureStats,
@@ -32,6 +32,7 @@ from ddpm_core.evaluation.fid import (
     fid_from_stats,
 )
 from ddpm_core.pipeline import generate
+from ddpm_core.render import to_uint8_images
 from ddpm_core.samplers import make_sampler
 
 logger = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def generate_digits(
             guidance_scale=settings.guidance if conditional else 0.0,
             seed=settings.seed + start,
         )
-        images.append(to_uint8(samples))
+        images.append(to_uint8_images(samples)[..., 0])  # (B, 28, 28, 1) -> (B, 28, 28)
         logger.info("generated %d/%d samples (%.0f s)", start + size, count, time.perf_counter() - started)
     return np.concatenate(images), labels, time.perf_counter() - started
 

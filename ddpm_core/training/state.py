@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ddpm_core.atomic import atomic_path
 from ddpm_core.checkpoint_header import CheckpointError
 
 STATE_TENSORS = "train_state.safetensors"
@@ -42,11 +43,11 @@ def save_training_state(
                 scalars.setdefault(str(index), {})[key] = float(value)
     tensor_path = run_dir / STATE_TENSORS
     json_path = run_dir / STATE_JSON
-    save_file(flat, str(tensor_path.with_name(tensor_path.name + ".tmp")))
-    tensor_path.with_name(tensor_path.name + ".tmp").replace(tensor_path)
+    with atomic_path(tensor_path) as temporary:
+        save_file(flat, str(temporary))
     document = {**info, "optimizer_param_groups": optimizer_state["param_groups"], "optimizer_scalars": scalars}
-    json_path.with_name(json_path.name + ".tmp").write_text(json.dumps(document, indent=1))
-    json_path.with_name(json_path.name + ".tmp").replace(json_path)
+    with atomic_path(json_path) as temporary:  # last: the JSON names a complete tensor file
+        temporary.write_text(json.dumps(document, indent=1))
 
 
 def load_training_state(run_dir: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any], dict[str, Any]]:

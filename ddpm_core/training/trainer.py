@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ddpm_core.checkpoint import save_checkpoint
 from ddpm_core.checkpoint_header import CheckpointError
 from ddpm_core.data.datasets import ImageData, TrainingData
+from ddpm_core.device import pick_device
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.training.ema import EMA
 from ddpm_core.training.state import load_training_state, save_training_state
@@ -64,13 +65,6 @@ class TrainConfig:
             raise ValueError("label_dropout must be in [0, 1]")
         if self.learning_rate <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:
             raise ValueError("learning_rate must be > 0, warmup_steps and grad_clip >= 0")
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    """``device`` if given, else CUDA when available, else the CPU."""
-    if device and device != "auto":
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 SampleWriter = Callable[[nn.Module, int, Path], None]
