@@ -1,7 +1,15 @@
-"""The ``ddpm`` command: train, sample, evaluate and serve.
+"""The ``ddpm`` command: train, sample, evaluate and export, plus subcommands other packages add.
 
-Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args)``;
-errors a user can cause end as one line on stderr and a non-zero exit, never a traceback.
+Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args)``.
+The built-in ones are listed here; other installed packages add theirs through the entry-point
+group ``ddpm.commands`` (name: the subcommand, value: the module path), e.g.::
+
+    [project.entry-points."ddpm.commands"]
+    serve = "worker.serve"
+
+Only the chosen subcommand's module is imported (so a torch-free subcommand stays torch-free);
+one whose third-party dependency is missing is listed as unavailable. Errors a user can cause
+end as one line on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,46 +18,95 @@ import argparse
 import importlib
 import logging
 import sys
+from importlib.metadata import entry_points
+from types import ModuleType
 
-from ddpm_core.errors import UsageError
+from ddpm_core.errors import DDPMError
 
-# subcommand -> module that defines add_parser() and run(); imported only when needed
-COMMANDS = {
+logger = logging.getLogger(__name__)
+
+# built-in subcommand -> module that defines add_parser() and run(); imported only when needed
+BUILTIN_COMMANDS = {
     "train": "ddpm_core.cli.train",
     "sample": "ddpm_core.cli.sample",
     "evaluate": "ddpm_core.cli.evaluate",
     "export": "ddpm_core.cli.export",
-    "serve": "worker.serve",
 }
-OWN_PACKAGES = ("ddpm_core", "worker", "api")
+ENTRY_POINT_GROUP = "ddpm.commands"
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def discover_commands() -> dict[str, str]:
+    """Subcommand name -> module path: the built-in ones, then those of the ``ddpm.commands`` entry points.
+
+    A built-in name cannot be taken over; an entry point naming one is logged and skipped.
+    """
+    commands = dict(BUILTIN_COMMANDS)
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.name in commands:
+            logger.warning(
+                "ignoring entry point %s = %s: 'ddpm %s' is already defined by %s",
+                entry_point.name,
+                entry_point.value,
+                entry_point.name,
+                commands[entry_point.name],
+            )
+            continue
+        commands[entry_point.name] = entry_point.module
+    return commands
+
+
+def _import_command(name: str, module_name: str) -> ModuleType | str:
+    """The subcommand's module, or why it is unavailable (a missing third-party package).
+
+    A missing module inside the command's own package, or inside ddpm_core, is a bug and raises.
+    """
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        missing = error.name or ""
+        own_package = module_name.split(".")[0]
+        is_the_command_itself = module_name == missing or module_name.startswith(missing + ".")
+        if not is_the_command_itself and missing.split(".")[0] in (own_package, "ddpm_core"):
+            raise
+        return f"'ddpm {name}' is unavailable: {error}"
+    missing_functions = [
+        function for function in ("add_parser", "run") if not callable(getattr(module, function, None))
+    ]
+    if missing_functions:
+        return f"'ddpm {name}' is unavailable: {module_name} does not define {' and '.join(missing_functions)}()"
+    return module
+
+
+def build_parser(only: str | None = None, commands: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    """The ``ddpm`` parser; with ``only``, just that subcommand's module is imported (the others get stubs)."""
+    commands = discover_commands() if commands is None else commands
     parser = argparse.ArgumentParser(prog="ddpm", description="Train and sample denoising diffusion models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    subparsers = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    subparsers = parser.add_subparsers(dest="command", metavar="{" + ",".join(commands) + "}")
     subparsers.required = True
-    for name, module_name in COMMANDS.items():
+    for name, module_name in commands.items():
         if only is not None and name != only:
             subparsers.add_parser(name, add_help=False)
             continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if (error.name or "").split(".")[0] in OWN_PACKAGES:
-                raise  # a bug of ours, not a missing optional dependency
-            sub = subparsers.add_parser(name, help=f"(unavailable: {error})")
-            sub.set_defaults(unavailable=f"'ddpm {name}' is unavailable: {error}")
+        module = _import_command(name, module_name)
+        if isinstance(module, str):
+            sub = subparsers.add_parser(name, help=f"(unavailable: {module.split(': ', 1)[-1]})")
+            sub.set_defaults(unavailable=module)
             continue
         module.add_parser(subparsers)
+        if name not in subparsers.choices:
+            raise RuntimeError(f"{module_name}.add_parser() did not add a subcommand named {name!r}")
+        subparsers.choices[name].set_defaults(run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``ddpm`` with ``argv`` (default: the process's arguments); returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    # import only the module of the chosen subcommand (torch-free 'serve' stays fast)
-    chosen = next((arg for arg in argv if arg in COMMANDS), None)
-    parser = build_parser(only=chosen)
+    commands = discover_commands()
+    # import only the module of the chosen subcommand (a torch-free subcommand stays fast)
+    chosen = next((arg for arg in argv if arg in commands), None)
+    parser = build_parser(only=chosen, commands=commands)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -59,12 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "unavailable", None):
         print(f"ddpm: error: {args.unavailable}", file=sys.stderr)
         return 2
-    from ddpm_core.checkpoint_header import CheckpointError
-    from ddpm_core.data.mnist import DatasetError
-
     try:
         return int(args.run(args) or 0)
-    except (UsageError, CheckpointError, DatasetError, ValueError, OSError) as error:
+    except (DDPMError, ValueError, OSError) as error:
         print(f"ddpm: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

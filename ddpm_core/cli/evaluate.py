@@ -60,7 +60,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="refuse to report when the classifier's own test accuracy is lower (default 0.99)",
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,7 +18,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="source, e.g. RUN_DIR/model.safetensors")
     parser.add_argument("--out", required=True, type=Path, help="destination .safetensors file")
     parser.add_argument("--default-guidance", type=float, help="guidance scale used when a request names none")
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

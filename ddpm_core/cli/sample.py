@@ -36,7 +36,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gif", type=Path, help="write a denoising GIF")
     parser.add_argument("--npy", type=Path, help="write the samples as float32 .npy in [-1, 1]")
     parser.add_argument("--device", default="auto")
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -140,7 +140,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--dropout", type=float)
     group.add_argument("--hidden-dim", type=int, help="MLP width (checkerboard)")
     group.add_argument("--num-layers", type=int, help="MLP residual layers (checkerboard)")
-    parser.set_defaults(run=run)
 
 
 def dataset_kind(name: str) -> str:

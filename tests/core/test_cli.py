@@ -1,14 +1,19 @@
 """The ``ddpm`` command end to end, in subprocesses, on data the tests write."""
 
 import json
+import os
 import subprocess
 import sys
+import types
+from importlib.metadata import EntryPoint
 
 import numpy as np
 import pytest
 import torch
 
+import ddpm_core.cli as cli
 from ddpm_core import NoiseSchedule, UNet, UNetConfig, save_checkpoint
+from ddpm_core.errors import CheckpointError
 
 TINY_UNET = [
     "--base-channels",
@@ -215,3 +220,110 @@ def test_export_sets_the_default_guidance(trained_run):
         torch.testing.assert_close(exported.model.state_dict()[name], tensor, rtol=0, atol=0)
     result = ddpm("export", "--checkpoint", source, "--out", source, check=False)
     assert result.returncode == 2 and "must differ" in result.stderr
+
+
+# ---------------------------------------------------------------- subcommands from entry points
+
+
+def make_plugin(run):
+    """A module with add_parser() and run(), as a ``ddpm.commands`` entry point names."""
+    module = types.ModuleType("fake_ddpm_plugin")
+
+    def add_parser(subparsers):
+        parser = subparsers.add_parser("hello", help="say hello")
+        parser.add_argument("--who", default="world")
+
+    module.add_parser = add_parser
+    module.run = run
+    return module
+
+
+@pytest.fixture
+def plugin_entry_points(monkeypatch):
+    """Replace the entry-point lookup: ``install(name=module_path, ...)`` lists those entry points."""
+
+    def install(**commands):
+        found = [EntryPoint(name, value, cli.ENTRY_POINT_GROUP) for name, value in commands.items()]
+        monkeypatch.setattr(cli, "entry_points", lambda group: [e for e in found if e.group == group])
+
+    return install
+
+
+def test_a_discovered_subcommand_runs(monkeypatch, plugin_entry_points, capsys):
+    def run(args):
+        print(f"hello {args.who}")
+        return 0
+
+    monkeypatch.setitem(sys.modules, "fake_ddpm_plugin", make_plugin(run))
+    plugin_entry_points(hello="fake_ddpm_plugin")
+    assert list(cli.discover_commands()) == [*cli.BUILTIN_COMMANDS, "hello"]
+    assert cli.main(["hello", "--who", "you"]) == 0
+    assert capsys.readouterr().out == "hello you\n"
+
+
+def test_errors_of_a_discovered_subcommand_are_one_line(monkeypatch, plugin_entry_points, capsys):
+    def run(args):
+        raise CheckpointError(f"no model for {args.who}")
+
+    monkeypatch.setitem(sys.modules, "fake_ddpm_plugin", make_plugin(run))
+    plugin_entry_points(hello="fake_ddpm_plugin")
+    assert cli.main(["hello", "--who", "you"]) == 2
+    assert capsys.readouterr().err == "ddpm: error: no model for you\n"
+
+
+def test_a_builtin_subcommand_cannot_be_replaced(monkeypatch, plugin_entry_points):
+    plugin_entry_points(sample="fake_ddpm_plugin")
+    assert cli.discover_commands()["sample"] == "ddpm_core.cli.sample"
+
+
+def test_a_subcommand_missing_a_third_party_package_is_unavailable(tmp_path, monkeypatch, plugin_entry_points, capsys):
+    (tmp_path / "needs_missing_dep.py").write_text("import surely_not_installed_package\n")
+    (tmp_path / "stale_pkg").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin_entry_points(hello="needs_missing_dep", gone="stale_pkg.removed_module")
+    assert cli.main(["hello"]) == 2
+    assert "'ddpm hello' is unavailable" in capsys.readouterr().err
+    assert cli.main(["gone"]) == 2
+    assert "'ddpm gone' is unavailable" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    listing = " ".join(capsys.readouterr().out.split())  # argparse wraps the help column
+    assert "hello" in listing and "(unavailable: No module named 'surely_not_installed_package')" in listing
+
+
+def test_a_missing_module_of_the_subcommand_own_package_is_a_bug(tmp_path, monkeypatch, plugin_entry_points):
+    package = tmp_path / "buggy_plugin"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "command.py").write_text("import buggy_plugin.helpers_that_were_renamed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin_entry_points(hello="buggy_plugin.command")
+    with pytest.raises(ModuleNotFoundError, match="helpers_that_were_renamed"):
+        cli.main(["hello"])
+
+
+def test_only_the_chosen_subcommand_is_imported(tmp_path):
+    """A torch-free subcommand (like 'ddpm serve') must not pull in torch through ddpm_core.cli."""
+    (tmp_path / "light_plugin.py").write_text(
+        "import sys\n"
+        "def add_parser(subparsers):\n"
+        "    subparsers.add_parser('light')\n"
+        "def run(args):\n"
+        "    print('torch' in sys.modules, 'ddpm_core.cli.train' in sys.modules)\n"
+    )
+    script = (
+        "import sys\n"
+        "from importlib.metadata import EntryPoint\n"
+        "import ddpm_core.cli as cli\n"
+        "cli.entry_points = lambda group: [EntryPoint('light', 'light_plugin', group)]\n"
+        "sys.exit(cli.main(['light']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]
