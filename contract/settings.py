@@ -32,7 +32,9 @@ class Limits(BaseModel):
 class Settings(BaseSettings):
     """Configuration shared by the API and the workers (they share nothing but Redis)."""
 
-    model_config = SettingsConfigDict(env_prefix="DDPM_", extra="ignore", protected_namespaces=())
+    model_config = SettingsConfigDict(
+        env_prefix="DDPM_", extra="ignore", protected_namespaces=(), populate_by_name=True
+    )
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "DDPM_REDIS_URL"))
     key_prefix: str = "ddpm"

@@ -62,12 +62,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[EmbeddedRedis]:
-    with EmbeddedRedis() as server:
-        yield server
-
-
 def service_env(redis_url: str, model_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of a worker or API process under test."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("DDPM_")}
