@@ -3,6 +3,7 @@ mid-run is run again by a restarted worker, with the same result."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -11,9 +12,15 @@ from pathlib import Path
 import httpx
 import redis
 
+from contract.layout import Keys
+from contract.settings import Settings
+from contract.spec import JobSpec
+from contract.tasks import make_celery, send_generate
+from contract.transitions import Transitions
 from serve.command import worker_command
 from serve.redis_server import EmbeddedRedis
 from tests.service.conftest import (
+    KEY_PREFIX,
     service_env,
     start_api,
     start_logged,
@@ -24,21 +31,50 @@ from tests.service.conftest import (
 
 
 def test_a_job_that_raises_ends_failed_with_its_message(client: httpx.Client, model_dir: Path) -> None:
-    good = (model_dir / "mnist.safetensors").read_bytes()
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(model_dir / "mnist.safetensors", framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    metadata["class_names"] = json.dumps([str(digit) for digit in range(9)])  # 9 names, 10 classes
     broken = model_dir / "broken.safetensors"
-    broken.write_bytes(good[:-64])  # a readable header, truncated weights: loading raises
+    save_file(tensors, str(broken), metadata=metadata)  # a sound header: only loading the model fails
+    truncated = model_dir / "truncated.safetensors"
+    truncated.write_bytes((model_dir / "mnist.safetensors").read_bytes()[:-64])
     try:
+        refused = client.post("/generate", json={"model": "truncated", "n": 1})
+        assert refused.status_code == 422 and "truncated.safetensors" in refused.json()["message"]
         job = client.post("/generate", json={"model": "broken", "n": 1, "sampler": "ddim", "steps": 10})
         assert job.status_code == 202, job.text
         record = wait_job(client, job.json()["id"])
         assert record["status"] == "failed"
-        assert "broken.safetensors" in record["error"] and "Traceback" not in record["error"]
+        assert "class names" in record["error"] and "Traceback" not in record["error"]
         assert client.get(f"/jobs/{record['id']}/png").status_code == 409
         # the worker survives and takes the next job
         follow = client.post("/generate", json={"n": 1, "sampler": "ddim", "steps": 10}).json()
         assert wait_job(client, follow["id"])["status"] == "succeeded"
     finally:
         broken.unlink()
+        truncated.unlink()
+
+
+def test_a_spec_whose_weights_are_not_the_models_fails_with_a_clear_message(
+    client: httpx.Client, redis_server: EmbeddedRedis
+) -> None:
+    model = client.get("/models").json()["models"][0]
+    spec = JobSpec(
+        model=model["name"], weights_sha256="0" * 64, sampler="ddim", steps=10, guidance=0.0, seed=1, digit=2, n=1
+    )
+    settings = Settings(redis_url=redis_server.url, key_prefix=KEY_PREFIX, queue_name=KEY_PREFIX)
+    job_id = os.urandom(16).hex()
+    Transitions(redis.Redis.from_url(redis_server.url), Keys(KEY_PREFIX)).create(
+        job_id, spec, now=time.time(), ttl_s=600, max_queue=100
+    )
+    send_generate(make_celery(settings), job_id, spec)
+    record = wait_job(client, job_id)
+    assert record["status"] == "failed" and "changed since the job was queued" in record["error"]
+    assert record["weights_sha256"] == "0" * 64  # the record still names what was asked for
 
 
 def test_a_killed_workers_job_is_run_again_with_the_same_result(redis_server: EmbeddedRedis, model_dir: Path) -> None:
