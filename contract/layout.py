@@ -24,8 +24,6 @@ from typing import Any
 
 from contract.spec import JobSpec
 
-WORKER_FRESH_S = 15.0  # a worker that reported within this many seconds counts as alive
-
 
 class JobStatus(str, Enum):
     """A job's life: queued -> running -> one terminal status (running may go back to queued
