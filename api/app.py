@@ -13,9 +13,12 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from api.errors import install_error_handlers
+from api.middleware import AllowedMethods, BodyLimit
 from api.routes import events, generate, jobs, page, system
 from api.store import AsyncJobStore
 from contract.registry import ModelRegistry
@@ -44,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await client.aclose()
             await raw.aclose()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs with Swagger UI's assets served from the package, no CDN
         title="ddpm-service",
         version="0.1.0",
         description="Generate images with denoising diffusion models: submit a job, follow its progress, "
@@ -58,6 +61,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (jobs, events, system, page):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(AllowedMethods, router_app=app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Content-Type", "X-API-Key", "Authorization", "Last-Event-ID"],
+            expose_headers=["Location", "Retry-After"],
+        )
     return app
 
 

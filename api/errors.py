@@ -23,6 +23,7 @@ DESCRIPTIONS = {
     401: "an API key is required",
     404: "no such job (unknown, or expired after its time to live)",
     409: "the job is not in a state that allows this",
+    413: "the request body is over the limit",
     422: "a field is invalid; the message names it",
     429: "the queue is full; retry after Retry-After seconds",
     503: "the job store (Redis) is unavailable",

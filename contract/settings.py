@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     default_ddim_steps: int = Field(50, ge=1)
     max_guidance: float = Field(10.0, ge=0, allow_inf_nan=False)
     api_keys: str = ""  # comma-separated; empty: no key needed
+    protect_reads: bool = False  # with API keys: reading jobs, events and results needs a key too
+    cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser; none by default
+    max_body_bytes: int = Field(16 * 1024, ge=1024)  # larger request bodies get 413 unread
     # the worker
     device: str = "auto"  # auto: CUDA when present, else CPU
     torch_threads: int | None = None
@@ -85,6 +88,10 @@ class Settings(BaseSettings):
             default_ddim_steps=self.default_ddim_steps,
             max_guidance=self.max_guidance,
         )
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def api_key_set(self) -> frozenset[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from pathlib import Path
 
 from contract.settings import Settings
 from contract.spec import JobSpec
@@ -72,6 +73,18 @@ def render_results(samples, loaded: LoadedCheckpoint, progress: JobProgress) -> 
     return png_bytes(grid), gif_bytes(progress.recorder.frames)
 
 
+def public_message(error: Exception, settings: Settings) -> str:
+    """A job's error for its record: one line, without the server's directories."""
+    message = f"{type(error).__name__}: {error}".splitlines()[0]
+    directories = {Path(settings.model_dir)}
+    if settings.checkpoint is not None:
+        directories.add(Path(settings.checkpoint).parent)
+    for directory in directories:
+        for form in {str(directory), str(directory.resolve())}:
+            message = message.replace(form.rstrip("/") + "/", "")
+    return message
+
+
 def run_job(settings: Settings, store: JobStore, models: ModelCache, job_id: str, spec: JobSpec) -> str:
     """Generate the job's samples exactly as its spec says and store PNG and GIF; the final status.
 
@@ -98,7 +111,7 @@ def run_job(settings: Settings, store: JobStore, models: ModelCache, job_id: str
         logger.info("job %s cancelled after %d steps", job_id, cancelled.step)
         return "cancelled"
     except Exception as error:  # a job's failure must not take the worker down
-        message = f"{type(error).__name__}: {error}"
+        message = public_message(error, settings)
         logger.exception("job %s failed", job_id)
         store.fail(job_id, message)
         return "failed"

@@ -14,18 +14,20 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import redis.exceptions
 from fastapi import APIRouter, Header, HTTPException, Request
 from sse_starlette.sse import EventSourceResponse
 
 from api import deps
 from api.errors import responses
-from api.routes.jobs import JobId, load_job
+from api.routes.jobs import READ, JobId, load_job
 from api.store import AsyncJobStore
 from contract.layout import TERMINAL_EVENTS
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
-STREAM_ID = re.compile(r"^\d+-\d+$")
+STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+MAX_ID_PART = 2**64 - 1  # Redis stream ids are two unsigned 64-bit numbers
 BLOCK_MS = 5000
 BATCH = 200
 
@@ -55,12 +57,28 @@ async def job_events(request: Request, store: AsyncJobStore, job_id: str, after:
     except asyncio.CancelledError:
         logger.debug("event stream of job %s closed by the client", job_id)
         raise
+    except redis.exceptions.ResponseError as error:  # never cut a stream off mid-response
+        logger.warning("event stream of job %s: Redis refused a read after %s: %s", job_id, last, error)
+        yield {"event": "error", "data": json.dumps({"error": "the event stream could not be read"})}
+
+
+def parse_event_id(text: str) -> str:
+    """A ``Last-Event-ID`` checked to be a stream id Redis accepts; 400 otherwise."""
+    match = STREAM_ID.match(text.strip())
+    if match is None or any(int(part) > MAX_ID_PART for part in match.groups()):
+        shown = text if len(text) <= 60 else text[:60] + "..."
+        raise HTTPException(400, f"Last-Event-ID {shown!r} is not an event id of this API")
+    return text.strip()
 
 
 @router.get(
     "/jobs/{job_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "the job's events"}, **responses(400, 404)},
+    dependencies=READ,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "the job's events"},
+        **responses(400, 401, 404),
+    },
 )
 async def stream_events(
     job_id: JobId,
@@ -73,9 +91,7 @@ async def stream_events(
     await load_job(store, job_id)
     after = "0-0"
     if last_event_id:
-        if not STREAM_ID.match(last_event_id.strip()):
-            raise HTTPException(400, f"Last-Event-ID {last_event_id!r} is not an event id of this API")
-        after = last_event_id.strip()
+        after = parse_event_id(last_event_id)
     return EventSourceResponse(
         job_events(request, store, job_id, after),
         ping=10,

@@ -27,7 +27,10 @@ async def load_job(store: AsyncJobStore, job_id: str) -> JobRecord:
     return record
 
 
-@router.get("/jobs/{job_id}", response_model=JobView, responses=responses(404))
+READ = [Depends(deps.require_read_key)]
+
+
+@router.get("/jobs/{job_id}", response_model=JobView, dependencies=READ, responses=responses(401, 404))
 async def get_job(job_id: JobId, store: deps.StoreDep) -> JobView:
     """Status, progress, queue position, timestamps, the job's spec (seed, model, weights hash) and error."""
     record = await load_job(store, job_id)
@@ -54,7 +57,8 @@ async def _result(job_id: str, kind: str, store: AsyncJobStore) -> Response:
 @router.get(
     "/jobs/{job_id}/png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": "the grid"}, **responses(404, 409)},
+    dependencies=READ,
+    responses={200: {"content": {"image/png": {}}, "description": "the grid"}, **responses(401, 404, 409)},
 )
 async def get_png(job_id: JobId, store: deps.StoreDep) -> Response:
     """The grid of samples."""
@@ -64,7 +68,8 @@ async def get_png(job_id: JobId, store: deps.StoreDep) -> Response:
 @router.get(
     "/jobs/{job_id}/gif",
     response_class=Response,
-    responses={200: {"content": {"image/gif": {}}, "description": "the animation"}, **responses(404, 409)},
+    dependencies=READ,
+    responses={200: {"content": {"image/gif": {}}, "description": "the animation"}, **responses(401, 404, 409)},
 )
 async def get_gif(job_id: JobId, store: deps.StoreDep) -> Response:
     """The denoising animation."""

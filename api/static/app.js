@@ -81,10 +81,21 @@ function requestBody() {
   return body;
 }
 
-function authHeaders() {
+function apiKey() {
   const key = $("api-key").value || sessionStorage.getItem("ddpm-api-key") || "";
   if ($("api-key").value) sessionStorage.setItem("ddpm-api-key", $("api-key").value);
+  return key;
+}
+
+function authHeaders() {
+  const key = apiKey();
   return key ? { "x-api-key": key } : {};
+}
+
+// EventSource and <img> cannot send headers: reads protected by an API key take it as ?api_key=
+function withKey(url) {
+  const key = apiKey();
+  return key ? `${url}?api_key=${encodeURIComponent(key)}` : url;
 }
 
 async function submit(event) {
@@ -102,7 +113,7 @@ async function submit(event) {
       showError(body.message || `request failed (${response.status})`);
       return;
     }
-    const job = await (await fetch(body.links.self)).json();
+    const job = await (await fetch(body.links.self, { headers: authHeaders() })).json();
     saveJob({ id: job.id, status: job.status, params: job.params });
     follow(job.id);
   } catch (error) {
@@ -133,7 +144,7 @@ function follow(jobId) {
   $("png-box").hidden = true;
   $("gif-box").hidden = true;
   setStatus("queued");
-  source = new EventSource(`/jobs/${jobId}/events`);
+  source = new EventSource(withKey(`/jobs/${jobId}/events`));
   source.addEventListener("queued", () => setStatus("queued"));
   source.addEventListener("running", () => setStatus("running"));
   source.addEventListener("progress", (event) => {
@@ -160,8 +171,8 @@ function follow(jobId) {
 }
 
 function showResults(jobId) {
-  const png = `/jobs/${jobId}/png`;
-  const gif = `/jobs/${jobId}/gif`;
+  const png = withKey(`/jobs/${jobId}/png`);
+  const gif = withKey(`/jobs/${jobId}/gif`);
   $("progress").value = $("progress").max;
   $("preview-box").hidden = true;
   $("result-png").src = png;

@@ -46,6 +46,13 @@ def test_redis_has_a_password_aof_on_a_named_volume_and_no_published_port(compos
     assert "redis-data" in compose["volumes"]
 
 
+def test_the_published_api_requires_api_keys(compose: dict) -> None:
+    environment = compose["services"]["api"]["environment"]
+    assert environment["DDPM_API_KEYS"].startswith("${DDPM_API_KEYS:?")  # compose refuses to start without
+    for name in ("worker", "worker-cpu"):
+        assert "DDPM_API_KEYS" not in compose["services"][name]["environment"]
+
+
 def test_api_publishes_8000_and_workers_reserve_a_gpu_with_a_cpu_variant(compose: dict) -> None:
     api = compose["services"]["api"]
     assert any(str(port).endswith(":8000") and "8000" in str(port) for port in api["ports"])

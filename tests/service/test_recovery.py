@@ -50,6 +50,7 @@ def test_a_job_that_raises_ends_failed_with_its_message(client: httpx.Client, mo
         record = wait_job(client, job.json()["id"])
         assert record["status"] == "failed"
         assert "class names" in record["error"] and "Traceback" not in record["error"]
+        assert "broken.safetensors" in record["error"] and str(model_dir) not in record["error"]
         assert client.get(f"/jobs/{record['id']}/png").status_code == 409
         # the worker survives and takes the next job
         follow = client.post("/generate", json={"n": 1, "sampler": "ddim", "steps": 10}).json()

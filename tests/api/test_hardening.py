@@ -1,0 +1,109 @@
+"""The API's defences, in-process against a real Redis: body limit, event ids, API keys for
+writes and (optionally) reads, CORS, OPTIONS, offline docs and the documented error answers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serve.redis_server import EmbeddedRedis
+from tests.api.test_requests import app_client, model_dir  # noqa: F401  (fixture)
+
+
+@pytest.fixture()
+def client(redis_server: EmbeddedRedis, model_dir: Path) -> Iterator[TestClient]:  # noqa: F811
+    for client, _ in app_client(redis_server, model_dir, max_body_bytes=2048):
+        yield client
+
+
+def test_a_body_over_the_limit_is_refused_with_413(client: TestClient) -> None:
+    big = b'{"n": 1, "pad": "' + b"x" * 5000 + b'"}'
+    answer = client.post("/generate", content=big, headers={"content-type": "application/json"})
+    assert answer.status_code == 413 and "limit of 2048 bytes" in answer.json()["message"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b'{"n": 1, "pad": "'
+        for _ in range(100):
+            yield b"x" * 1000
+        yield b'"}'
+
+    answer = client.post("/generate", content=chunks(), headers={"content-type": "application/json"})
+    assert answer.status_code == 413
+    assert client.post("/generate", json={"n": 1, "sampler": "ddim"}).status_code == 202  # small bodies pass
+
+
+@pytest.mark.parametrize(
+    "event_id", ["99999999999999999999999-0", "18446744073709551616-0", "1-99999999999999999999", "abc", "1-2-3"]
+)
+def test_a_bad_or_out_of_range_last_event_id_is_400(client: TestClient, event_id: str) -> None:
+    job_id = client.post("/generate", json={"n": 1, "sampler": "ddim"}).json()["id"]
+    answer = client.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": event_id})
+    assert answer.status_code == 400 and "Last-Event-ID" in answer.json()["message"]
+
+
+def test_the_largest_valid_event_id_streams_cleanly(client: TestClient) -> None:
+    job_id = client.post("/generate", json={"n": 1, "sampler": "ddim"}).json()["id"]
+    client.delete(f"/jobs/{job_id}")  # ended: a stream after the last possible id ends at once
+    with client.stream("GET", f"/jobs/{job_id}/events", headers={"Last-Event-ID": f"{2**64 - 1}-{2**64 - 1}"}) as r:
+        assert r.status_code == 200
+        assert "event: failed" not in r.read().decode()
+
+
+def test_docs_are_served_without_a_cdn(client: TestClient) -> None:
+    page = client.get("/docs").text
+    assert "cdn." not in page and "https://" not in page.split("<body>")[0]
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert asset in page
+        path = page.split(asset)[0].rsplit('"', 1)[1] + asset
+        assert client.get(path).status_code == 200, path
+
+
+def test_openapi_declares_the_key_schemes_and_error_answers(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
+    post = spec["paths"]["/generate"]["post"]
+    assert {"400", "401", "413", "422", "429"} <= set(post["responses"]) and post["security"]
+    assert {"401", "404"} <= set(spec["paths"]["/jobs/{job_id}"]["delete"]["responses"])
+
+
+def test_options_lists_every_method_of_the_path(client: TestClient) -> None:
+    answer = client.options("/jobs/0123456789abcdef0123456789abcdef")
+    assert answer.status_code == 204
+    assert {"GET", "DELETE", "OPTIONS"} <= {method.strip() for method in answer.headers["allow"].split(",")}
+
+
+def test_ddpm_with_a_step_count_below_the_minimum_is_invalid_by_schema(client: TestClient) -> None:
+    answer = client.post("/generate", json={"sampler": "ddpm", "steps": 1})
+    assert answer.status_code == 422 and answer.json()["detail"][0]["field"] == "steps"
+
+
+def test_keys_protect_writes_and_optionally_reads(redis_server: EmbeddedRedis, model_dir: Path) -> None:  # noqa: F811
+    for client, _ in app_client(redis_server, model_dir, api_keys="k1,k2", protect_reads=True):
+        assert client.post("/generate", json={"n": 1}).status_code == 401
+        job = client.post("/generate", json={"n": 1, "sampler": "ddim"}, headers={"X-API-Key": "k2"}).json()
+        assert client.get(f"/jobs/{job['id']}").status_code == 401
+        assert client.get(f"/jobs/{job['id']}", headers={"Authorization": "Bearer k1"}).status_code == 200
+        assert client.get(f"/jobs/{job['id']}?api_key=k1").status_code == 200
+        assert client.get(f"/jobs/{job['id']}/png?api_key=nope").status_code == 401
+        assert client.get("/models").status_code == 200  # the catalogue stays public
+    for client, _ in app_client(redis_server, model_dir, api_keys="k1"):
+        job = client.post("/generate", json={"n": 1, "sampler": "ddim"}, headers={"X-API-Key": "k1"}).json()
+        assert client.get(f"/jobs/{job['id']}").status_code == 200  # reads open unless protected
+
+
+def test_cors_is_off_by_default_and_allows_only_the_configured_origins(
+    client: TestClient,
+    redis_server: EmbeddedRedis,
+    model_dir: Path,  # noqa: F811
+) -> None:
+    preflight = {"Origin": "https://a.example", "Access-Control-Request-Method": "POST"}
+    assert "access-control-allow-origin" not in client.options("/generate", headers=preflight).headers
+    for other, _ in app_client(redis_server, model_dir, cors_origins="https://a.example"):
+        assert (
+            other.options("/generate", headers=preflight).headers["access-control-allow-origin"] == "https://a.example"
+        )
+        refused = other.options("/generate", headers={**preflight, "Origin": "https://b.example"})
+        assert "access-control-allow-origin" not in refused.headers
