@@ -1,0 +1,165 @@
+"""Fault injection against the real processes: bad and oversized inputs, simultaneous
+submissions against the queue cap, a crafted checkpoint. Each asserts that nothing was lost and
+that no answer was a 5xx; the counts feed the README's reliability section."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve.command import stop_process
+from serve.redis_server import EmbeddedRedis
+from tests.service.conftest import service_env, start_api
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def declared_too_large(base_url: str) -> int:
+    """Declare a 256 MB body, send 2 bytes of it; the status line the server answers with."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {1 << 28}\r\n\r\n{{}}".encode()
+        )
+        return int(sock.recv(4096).split(b" ", 2)[1])
+
+
+def test_oversized_bodies_are_refused_unread_and_memory_stays_flat(base_url: str, api) -> None:
+    pid = api[0].pid
+    before = rss_kib(pid)
+
+    def body() -> Iterator[bytes]:  # 256 MB, chunked: no Content-Length to refuse it by
+        block = b"x" * (1 << 20)
+        for _ in range(256):
+            yield block
+
+    with httpx.Client(base_url=base_url, timeout=60) as http:
+        try:
+            answer = http.post("/generate", content=body(), headers={"content-type": "application/json"})
+            assert answer.status_code == 413
+        except httpx.RemoteProtocolError:
+            pass  # the server answered 413 and closed while we were still sending: also a refusal
+        assert declared_too_large(base_url) == 413  # refused on its Content-Length alone
+        assert http.get("/healthz").status_code == 200
+    grown_mib = (rss_kib(pid) - before) / 1024
+    assert grown_mib < 32, f"the API grew by {grown_mib:.0f} MiB reading a body it should refuse"
+
+
+BAD_BODIES = [
+    b"",
+    b"{",
+    b"[]",
+    b"null",
+    b'{"n": "16"}',
+    b'{"n": 1e400}',
+    b'{"n": 0}',
+    b'{"digit": -1}',
+    b'{"digit": 3.5}',
+    b'{"guidance": NaN}',
+    b'{"guidance": "Infinity"}',
+    b'{"seed": 9223372036854775808}',
+    b'{"sampler": "euler"}',
+    b'{"sampler": "ddim", "steps": 100000}',
+    b'{"sampler": "ddpm", "steps": 1}',
+    b'{"model": ""}',
+    b'{"model": "../../etc/passwd"}',
+    b'{"unexpected": 1}',
+    '{"model": "\u00e9\u0000"}'.encode(),
+    b"\xff\xfe\x00",
+]
+BAD_EVENT_IDS = ["99999999999999999999999-0", "18446744073709551616-0", "-1-0", "1-", "x" * 5000, "0-0\r\nX: y"]
+
+
+def test_malformed_requests_get_4xx_never_5xx(client: httpx.Client) -> None:
+    statuses = []
+    for body in BAD_BODIES:
+        answer = client.post("/generate", content=body, headers={"content-type": "application/json"})
+        statuses.append(answer.status_code)
+        assert 400 <= answer.status_code < 500, (body, answer.status_code, answer.text)
+        assert "Traceback" not in answer.text and "message" in answer.json()
+    job_id = client.post("/generate", json={"n": 1, "sampler": "ddim", "steps": 10}).json()["id"]
+    for event_id in BAD_EVENT_IDS:
+        try:
+            answer = client.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": event_id})
+        except httpx.LocalProtocolError:
+            continue  # the client itself refuses to send such a header
+        statuses.append(answer.status_code)
+        assert answer.status_code == 400, (event_id, answer.text)
+    for path in ("/jobs/../../etc/passwd", "/jobs/" + "a" * 5000, "/jobs/%00", "/jobs/abc/png"):
+        assert client.get(path).status_code in (404, 422)
+    assert all(status < 500 for status in statuses)
+
+
+def test_simultaneous_posts_against_the_queue_cap_accept_exactly_the_cap(
+    redis_server: EmbeddedRedis, model_dir: Path
+) -> None:
+    # no worker reads this queue: every accepted job stays queued
+    env = service_env(
+        redis_server.url, model_dir, DDPM_KEY_PREFIX="ddpmcap", DDPM_QUEUE_NAME="ddpmcap", DDPM_MAX_QUEUE="32"
+    )
+    process, base = start_api(env, "api-cap.log")
+    statuses: list[int] = []
+    lock = threading.Lock()
+    gate = threading.Barrier(50)
+
+    def post() -> None:
+        with httpx.Client(base_url=base, timeout=60) as http:
+            gate.wait()
+            status = http.post("/generate", json={"n": 1, "sampler": "ddim", "steps": 10}).status_code
+            with lock:
+                statuses.append(status)
+
+    try:
+        threads = [threading.Thread(target=post) for _ in range(50)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=90)
+        assert sorted(statuses) == [202] * 32 + [429] * 18
+        assert httpx.get(f"{base}/readyz", timeout=10).json()["queued"] is None  # no worker: not ready
+    finally:
+        stop_process(process, "API")
+
+
+def crafted_checkpoint(path: Path) -> Path:
+    """Valid project metadata for a huge U-Net, and no tensors at all."""
+    config = {"base_channels": 4096, "channel_mult": [1, 2, 4], "num_res_blocks": 8, "num_classes": 10}
+    metadata = {
+        "format": "ddpm-service.checkpoint",
+        "format_version": "1",
+        "model_kind": "unet",
+        "model_config": json.dumps(config),
+        "schedule": json.dumps({"kind": "linear", "num_train_timesteps": 1000}),
+        "class_names": json.dumps([str(digit) for digit in range(10)]),
+        "sample_shape": json.dumps([1, 28, 28]),
+        "dataset": "mnist",
+        "training": "{}",
+    }
+    header = json.dumps({"__metadata__": metadata}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    return path
+
+
+@pytest.mark.timeout(120)
+def test_a_crafted_checkpoint_is_never_offered_or_run(client: httpx.Client, model_dir: Path) -> None:
+    crafted = crafted_checkpoint(model_dir / "huge.safetensors")
+    try:
+        assert "huge" not in [model["name"] for model in client.get("/models").json()["models"]]
+        answer = client.post("/generate", json={"model": "huge", "n": 1})
+        assert answer.status_code == 422 and "not usable" in answer.json()["message"]
+        assert str(model_dir) not in answer.text
+    finally:
+        crafted.unlink()
