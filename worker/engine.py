@@ -53,7 +53,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -64,6 +64,9 @@ from ddpm_core.errors import GenerationCancelled
 from ddpm_core.pipeline import Generation, StepInfo
 from ddpm_core.samplers import SAMPLERS, DDIMSampler, DDPMSampler, make_sampler
 from ddpm_core.schedule import NoiseSchedule
+
+if TYPE_CHECKING:
+    from ddpm_core.checkpoint import LoadedCheckpoint
 
 logger = logging.getLogger(__name__)
 
@@ -297,7 +300,7 @@ class Engine:
     @classmethod
     def from_checkpoint(
         cls,
-        checkpoint: Any,
+        checkpoint: LoadedCheckpoint,
         *,
         compile: bool = False,
         max_batch: int | None = None,
@@ -355,11 +358,16 @@ class Engine:
             raise ValueError("n must be at least 1")
         if request.eta and request.sampler != "ddim":
             raise ValueError("eta is for the ddim sampler only")
+        labels = request.class_labels()
+        for label in labels or ():
+            if label is not None and not 0 <= int(label) < self.num_classes:
+                # the null label num_classes is spelt None here
+                raise ValueError(f"class label {label} out of range [0, {self.num_classes - 1}]")
         generation = Generation(
             self._sampler(request.sampler, request.steps, request.eta),
             sample_shape=self.sample_shape,
             num_samples=request.n,
-            class_labels=request.class_labels(),
+            class_labels=labels,
             guidance_scale=request.guidance,
             seed=request.seed,
             device=self.device,
@@ -423,6 +431,8 @@ class Engine:
             self._closing = True
             self._drain = drain
             self._wakeup.notify()
+        if threading.current_thread() is self._thread:
+            return  # called from a callback: the thread stops after this tick
         if self._thread.ident is not None:
             self._thread.join(timeout)
         else:  # never started: nothing runs the queue, end its jobs here
@@ -455,30 +465,40 @@ class Engine:
             self._wakeup.notify()
 
     def _run(self) -> None:
-        with torch.inference_mode():
-            while True:
-                with self._lock:
-                    while not (self._calls or self._queue or self._running or self._closing):
-                        self._wakeup.wait()
-                    calls = list(self._calls)
-                    self._calls.clear()
-                    if self._closing and not (self._drain and (self._queue or self._running)):
-                        break
-                for call in calls:
-                    self._run_call(call)
-                self._drop_cancelled()
-                self._admit()
-                if self._running:
-                    self._tick()
-        for call in calls:
-            self._run_call(call)
-        with self._lock:
-            leftover = list(self._calls)
-            self._calls.clear()
-        for call in leftover:
-            call.future.set_exception(EngineClosed(f"engine {self.name} is closed"))
-        self._drop_all(EngineClosed(f"engine {self.name} closed before the job finished"))
-        logger.info("engine %s stopped", self.name)
+        error: BaseException = EngineClosed(f"engine {self.name} closed before the job finished")
+        try:
+            with torch.inference_mode():
+                self._loop()
+        except BaseException as crash:  # a bug in the engine itself: fail every job, refuse new ones
+            logger.exception("engine %s crashed", self.name)
+            error = EngineClosed(f"engine {self.name} crashed: {type(crash).__name__}: {crash}")
+            error.__cause__ = crash
+        finally:
+            with self._lock:
+                self._closing = True
+                leftover = list(self._calls)
+                self._calls.clear()
+            for call in leftover:
+                call.future.set_exception(EngineClosed(f"engine {self.name} is closed"))
+            self._drop_all(error)
+            logger.info("engine %s stopped", self.name)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not (self._calls or self._queue or self._running or self._closing):
+                    self._wakeup.wait()
+                calls = list(self._calls)
+                self._calls.clear()
+                stop = self._closing and not (self._drain and (self._queue or self._running))
+            for call in calls:
+                self._run_call(call)
+            if stop:
+                return
+            self._drop_cancelled()
+            self._admit()
+            if self._running:
+                self._tick()
 
     @staticmethod
     def _run_call(call: _Call) -> None:
