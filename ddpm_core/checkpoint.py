@@ -20,6 +20,7 @@ from ddpm_core.atomic import atomic_path
 from ddpm_core.checkpoint_header import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    MAX_PARAMETERS,
     CheckpointError,
     InferenceDefaults,
     file_sha256,
@@ -86,15 +87,79 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """Load and validate a checkpoint; the model comes back in eval mode on ``device``."""
+def check_model_matches_header(
+    path: str | Path,
+    model: nn.Module,
+    shapes: dict[str, tuple[int, ...]],
+    max_parameters: int = MAX_PARAMETERS,
+) -> None:
+    """Refuse a file whose tensors are not the state of ``model`` before any weight is allocated.
+
+    Args:
+        path: the file, for messages.
+        model: the model its config builds, best on the ``meta`` device (no memory).
+        shapes: tensor name -> shape, from the file's header (:func:`tensor_shapes`).
+        max_parameters: the most parameters ``model`` may have.
+
+    Raises:
+        CheckpointError: ``model`` has more than ``max_parameters`` parameters, or its state
+            dict's names and shapes differ from ``shapes`` (the differences listed briefly).
+    """
+    count = sum(parameter.numel() for parameter in model.parameters())
+    if count > max_parameters:
+        raise CheckpointError(
+            f"{path}: the stored model config builds {count:,} parameters, over the limit of {max_parameters:,}"
+        )
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    problems = []
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    mismatched = [
+        f"{name} {list(shapes[name])} (expected {list(expected[name])})"
+        for name in sorted(set(expected) & set(shapes))
+        if expected[name] != shapes[name]
+    ]
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)):
+        if items:
+            problems.append(f"{label} {_brief(items)}")
+    if problems:
+        raise CheckpointError(f"{path}: weights do not match the stored model config: {'; '.join(problems)}")
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", *, max_parameters: int = MAX_PARAMETERS
+) -> LoadedCheckpoint:
+    """Load and validate a checkpoint; the model comes back in eval mode on ``device``.
+
+    Nothing is allocated for the weights until the header has been checked: the model is first
+    built on the ``meta`` device from the stored config, and refused when it has more than
+    ``max_parameters`` parameters or when its tensors' names and shapes differ from the file's.
+
+    Raises:
+        CheckpointError: the file is missing, unsafe, malformed or inconsistent (one line).
+    """
     path = Path(path)
-    info = read_checkpoint_info(path)
+    info = read_checkpoint_info(path, max_parameters=max_parameters)
     try:
-        model = build_model(info["model_kind"], info["model_config"])
+        with torch.device("meta"):
+            skeleton = build_model(info["model_kind"], info["model_config"])
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: {str(error).splitlines()[0]}") from None
+    sample_shape = tuple(info["sample_shape"])
+    if sample_shape != skeleton.config.sample_shape:
+        raise CheckpointError(
+            f"{path}: sample_shape {list(sample_shape)} does not match the model's {list(skeleton.config.sample_shape)}"
+        )
+    class_names = [str(name) for name in info["class_names"]]
+    if skeleton.num_classes != len(class_names):
+        raise CheckpointError(f"{path}: {len(class_names)} class names for a model of {skeleton.num_classes} classes")
+    check_model_matches_header(path, skeleton, info["tensor_shapes"], max_parameters)
+    try:
         schedule = NoiseSchedule.from_config(info["schedule"])
-    except (ValueError, TypeError) as error:
+        inference_defaults(info["training"])  # refuse bad defaults at load, not at the first request
+    except (ValueError, TypeError, CheckpointError) as error:
         raise CheckpointError(f"{path}: {error}") from None
+    model = build_model(info["model_kind"], info["model_config"])
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as error:
@@ -104,20 +169,19 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     except RuntimeError as error:
         first_line = str(error).splitlines()[0]
         raise CheckpointError(f"{path}: weights do not match the stored model config: {first_line}") from None
-    try:
-        inference_defaults(info["training"])  # refuse bad defaults at load, not at the first request
-    except CheckpointError as error:
-        raise CheckpointError(f"{path}: {error}") from None
-    class_names = [str(name) for name in info["class_names"]]
-    if getattr(model, "num_classes", 0) != len(class_names):
-        raise CheckpointError(f"{path}: {len(class_names)} class names for a model of {model.num_classes} classes")
     return LoadedCheckpoint(
         path=path,
         model=model.to(device).eval(),
         schedule=schedule,
         class_names=class_names,
-        sample_shape=tuple(int(size) for size in info["sample_shape"]),
+        sample_shape=sample_shape,
         dataset=info["dataset"],
         training=info["training"],
         weights_sha256=file_sha256(path),
     )
+
+
+def _brief(items: list[str], limit: int = 3) -> str:
+    """'a, b, c and 4 more'."""
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"

@@ -1,8 +1,12 @@
 """Reading a checkpoint's header without torch.
 
 A ``.safetensors`` file starts with an 8-byte little-endian header length and a JSON header
-whose ``__metadata__`` holds string values. This module parses and validates that header with
-the standard library alone, so a process that must not import torch (the API) can list models.
+whose ``__metadata__`` holds string values and whose other entries describe the tensors
+(dtype, shape and byte offsets into the data that follows). This module parses and validates
+that header with the standard library alone, so a process that must not import torch (the API)
+can list models, and so that nothing is allocated for a file before its header is known to be
+sane: every tensor entry must be well formed and lie inside the file, and the checkpoint's
+parameter count must stay under a bound.
 """
 
 from __future__ import annotations
@@ -20,13 +24,41 @@ from ddpm_core.errors import CheckpointError
 FORMAT_NAME = "ddpm-service.checkpoint"
 FORMAT_VERSION = "1"
 JSON_FIELDS = ("model_config", "schedule", "class_names", "sample_shape", "training")
+JSON_OBJECT_FIELDS = ("model_config", "schedule", "training")
 REQUIRED_FIELDS = ("format", "format_version", "model_kind", "dataset", *JSON_FIELDS)
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # a 500M-parameter model's header takes well under 1 MB
+MAX_PARAMETERS = 500_000_000  # tensor elements in one checkpoint (2 GB of float32)
+MAX_SAMPLE_ELEMENTS = 1 << 24  # elements of one sample, e.g. 3 x 2048 x 2048
+# bytes per element of the safetensors dtypes
+DTYPE_SIZES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
 def read_raw_header(path: str | Path) -> dict[str, Any]:
-    """The safetensors JSON header of ``path`` (tensor entries and ``__metadata__``)."""
+    """The safetensors JSON header of ``path`` (tensor entries and ``__metadata__``), validated.
+
+    Every tensor entry has a known dtype, a shape of non-negative integers and data offsets that
+    match its size; together the entries cover the data after the header exactly.
+
+    Raises:
+        CheckpointError: the file is missing, pickled, or not a well-formed safetensors file.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -45,18 +77,32 @@ def read_raw_header(path: str | Path) -> dict[str, Any]:
         raw = handle.read(header_size)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path} is not a safetensors file (header is not JSON)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} is not a safetensors file (header is not an object)")
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
+        raise CheckpointError(f"{path} is not a safetensors file (__metadata__ must map names to strings)")
+    _check_tensor_entries(path, header, data_size=size - 8 - header_size)
     return header
 
 
-def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
+def tensor_shapes(header: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, from a header :func:`read_raw_header` validated."""
+    return {name: tuple(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
+
+
+def read_checkpoint_info(path: str | Path, max_parameters: int = MAX_PARAMETERS) -> dict[str, Any]:
     """The project metadata of a checkpoint, with JSON fields decoded, validated.
 
     Keys: model_kind, model_config, schedule, class_names, sample_shape, dataset, training,
-    format, format_version, and ``parameter_count``.
+    format, format_version, ``parameter_count`` (elements of all tensors) and ``tensor_shapes``
+    (name -> shape tuple).
+
+    Raises:
+        CheckpointError: the file is not a well-formed ddpm-service checkpoint, holds no
+            tensors, or holds more than ``max_parameters`` elements.
     """
     header = read_raw_header(path)
     metadata = header.get("__metadata__") or {}
@@ -76,15 +122,29 @@ def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
     for name in JSON_FIELDS:
         try:
             info[name] = json.loads(metadata[name])
-        except (TypeError, json.JSONDecodeError):
+        except (json.JSONDecodeError, RecursionError):
             raise CheckpointError(f"{path}: checkpoint metadata field {name} is not valid JSON") from None
+    for name in JSON_OBJECT_FIELDS:
+        if not isinstance(info[name], dict):
+            raise CheckpointError(f"{path}: checkpoint metadata field {name} must be a JSON object")
     if not isinstance(info["class_names"], list) or not isinstance(info["sample_shape"], list):
         raise CheckpointError(f"{path}: class_names and sample_shape must be lists")
-    info["parameter_count"] = sum(
-        _numel(entry.get("shape", []))
-        for key, entry in header.items()
-        if key != "__metadata__" and isinstance(entry, dict)
-    )
+    sample_shape = info["sample_shape"]
+    if not sample_shape or not all(_is_count(size) and size > 0 for size in sample_shape):
+        raise CheckpointError(f"{path}: sample_shape must be a list of positive integers, got {sample_shape}")
+    if math.prod(sample_shape) > MAX_SAMPLE_ELEMENTS:
+        raise CheckpointError(
+            f"{path}: sample_shape {sample_shape} exceeds {MAX_SAMPLE_ELEMENTS:,} elements per sample"
+        )
+    shapes = tensor_shapes(header)
+    if not shapes:
+        raise CheckpointError(f"{path}: checkpoint holds no tensors")
+    info["tensor_shapes"] = shapes
+    info["parameter_count"] = sum(math.prod(shape) for shape in shapes.values())
+    if info["parameter_count"] > max_parameters:
+        raise CheckpointError(
+            f"{path}: checkpoint holds {info['parameter_count']:,} parameters, over the limit of {max_parameters:,}"
+        )
     return info
 
 
@@ -130,8 +190,39 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _numel(shape: list[int]) -> int:
-    count = 1
-    for size in shape:
-        count *= int(size)
-    return count
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_tensor_entries(path: Path, header: dict[str, Any], data_size: int) -> None:
+    """Refuse malformed tensor entries: each needs a known dtype, a shape of non-negative
+    integers and ``data_offsets`` [begin, end] whose length is the shape's bytes; the entries
+    must tile the ``data_size`` bytes after the header exactly (as safetensors writes them)."""
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{path}: malformed tensor entry {name!r} (not an object)")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in DTYPE_SIZES:
+            raise CheckpointError(f"{path}: tensor {name!r} has an unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(_is_count(size) for size in shape):
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(value) for value in offsets)):
+            raise CheckpointError(f"{path}: tensor {name!r} has malformed data_offsets {offsets!r}")
+        begin, end = offsets
+        if end - begin != math.prod(shape) * DTYPE_SIZES[dtype]:
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: data_offsets {offsets} do not fit its {dtype} shape {shape}"
+            )
+        spans.append((begin, end, name))
+    position = 0
+    for begin, end, name in sorted(spans):
+        if begin != position or end > data_size:
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: data_offsets [{begin}, {end}] overlap, leave a gap or run past the data"
+            )
+        position = end
+    if position != data_size:
+        raise CheckpointError(f"{path}: the tensors cover {position} of the {data_size} data bytes after the header")

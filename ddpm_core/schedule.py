@@ -23,6 +23,9 @@ import numpy as np
 import torch
 
 SCHEDULE_KINDS = ("linear", "cosine")
+# A bound on T: a checkpoint's schedule config is untrusted, and each of the 13 derived terms
+# takes 8 T bytes.
+MAX_TRAIN_TIMESTEPS = 100_000
 
 
 def linear_betas(
@@ -66,8 +69,14 @@ def cosine_betas(num_train_timesteps: int, s: float = 0.008, max_beta: float = 0
 
 
 def _check_num_steps(num_train_timesteps: int) -> None:
-    if not isinstance(num_train_timesteps, (int, np.integer)) or num_train_timesteps < 1:
-        raise ValueError(f"num_train_timesteps must be a positive integer, got {num_train_timesteps!r}")
+    if (
+        not isinstance(num_train_timesteps, (int, np.integer))
+        or isinstance(num_train_timesteps, bool)
+        or not 1 <= num_train_timesteps <= MAX_TRAIN_TIMESTEPS
+    ):
+        raise ValueError(
+            f"num_train_timesteps must be an integer in [1, {MAX_TRAIN_TIMESTEPS}], got {num_train_timesteps!r}"
+        )
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:

@@ -23,13 +23,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ddpm_core.atomic import atomic_path
-from ddpm_core.checkpoint_header import CheckpointError, file_sha256, read_raw_header
+from ddpm_core.checkpoint import check_model_matches_header
+from ddpm_core.checkpoint_header import CheckpointError, file_sha256, read_raw_header, tensor_shapes
 from ddpm_core.config import StoredConfig
 
 logger = logging.getLogger(__name__)
 
 CLASSIFIER_FORMAT = "ddpm-service.mnist-classifier"
 CLASSIFIER_FORMAT_VERSION = "1"
+MAX_BLOCKS = 16  # per stage: a file's config is untrusted and building takes time linear in the depth
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class ClassifierConfig(StoredConfig):
             raise ValueError("channels must be three positive integers")
         if len(self.blocks) != 3 or min(self.blocks) < 1:
             raise ValueError("blocks must be three positive integers")
+        if max(self.blocks) > MAX_BLOCKS:
+            raise ValueError(f"at most {MAX_BLOCKS} blocks per stage")
         if self.num_classes < 2:
             raise ValueError("num_classes must be at least 2")
         if not 0.0 <= self.dropout < 1.0:
@@ -231,7 +235,8 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
         raise CheckpointError(
             f"classifier {path} does not exist (train one with python -m ddpm_core.evaluation.train_classifier)"
         )
-    metadata = read_raw_header(path).get("__metadata__") or {}
+    header = read_raw_header(path)
+    metadata = header.get("__metadata__") or {}
     if metadata.get("format") != CLASSIFIER_FORMAT:
         raise CheckpointError(f"{path} is not an MNIST classifier file (no '{CLASSIFIER_FORMAT}' metadata)")
     if metadata.get("format_version") != CLASSIFIER_FORMAT_VERSION:
@@ -241,6 +246,12 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
         info = json.loads(metadata.get("info", "{}"))
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: bad classifier metadata: {error}") from None
+    try:
+        with torch.device("meta"):  # sizes and names are checked before anything is allocated
+            skeleton = DigitClassifier(config)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: bad classifier config: {str(error).splitlines()[0]}") from None
+    check_model_matches_header(path, skeleton, tensor_shapes(header))
     model = DigitClassifier(config)
     try:
         model.load_state_dict(load_file(str(path), device="cpu"), strict=True)

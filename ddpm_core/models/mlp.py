@@ -12,6 +12,10 @@ from torch import nn
 from ddpm_core.config import StoredConfig
 from ddpm_core.models.unet import timestep_embedding
 
+# Sanity bounds: a checkpoint's config is untrusted, and building takes time linear in the depth.
+MAX_LAYERS = 64
+MAX_FOURIER_FEATURES = 32
+
 
 @dataclass(frozen=True)
 class MLPConfig(StoredConfig):
@@ -29,6 +33,13 @@ class MLPConfig(StoredConfig):
             raise ValueError("data_dim, hidden_dim, num_layers and time_embed_dim must be positive")
         if self.num_classes < 0 or self.fourier_features < 0:
             raise ValueError("num_classes and fourier_features must be >= 0")
+        if self.num_layers > MAX_LAYERS or self.fourier_features > MAX_FOURIER_FEATURES:
+            raise ValueError(f"at most {MAX_LAYERS} layers and {MAX_FOURIER_FEATURES} fourier_features")
+
+    @property
+    def sample_shape(self) -> tuple[int]:
+        """The shape of one sample, (D,)."""
+        return (self.data_dim,)
 
 
 class MLPDenoiser(nn.Module):

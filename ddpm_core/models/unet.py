@@ -19,6 +19,11 @@ from torch import nn
 
 from ddpm_core.config import StoredConfig
 
+# Sanity bounds on depth: a checkpoint's config is untrusted, and building a model takes time
+# linear in its number of blocks (its width is bounded by the checkpoint's parameter count).
+MAX_LEVELS = 8
+MAX_RES_BLOCKS = 16
+
 
 @dataclass(frozen=True)
 class UNetConfig(StoredConfig):
@@ -46,6 +51,8 @@ class UNetConfig(StoredConfig):
             raise ValueError("image_size, in_channels, base_channels and num_res_blocks must be positive")
         if not self.channel_mult or min(self.channel_mult) < 1:
             raise ValueError("channel_mult must be a non-empty list of positive integers")
+        if len(self.channel_mult) > MAX_LEVELS or self.num_res_blocks > MAX_RES_BLOCKS:
+            raise ValueError(f"at most {MAX_LEVELS} levels (channel_mult) of at most {MAX_RES_BLOCKS} res blocks each")
         factor = 2 ** (len(self.channel_mult) - 1)
         if self.image_size % factor:
             raise ValueError(
@@ -66,6 +73,11 @@ class UNetConfig(StoredConfig):
             raise ValueError("dropout must be in [0, 1)")
         if self.num_classes < 0 or self.num_heads < 1:
             raise ValueError("num_classes must be >= 0 and num_heads >= 1")
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """The shape of one sample, (C, H, W)."""
+        return (self.in_channels, self.image_size, self.image_size)
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
