@@ -1,32 +1,45 @@
 """``ddpm serve``: the whole stack on one machine — Redis (embedded unless ``REDIS_URL`` is
-set), one worker process and the API — stopped together by Ctrl-C.
+set), one worker process and the API — supervised, and stopped together by Ctrl-C.
 
 The ``ddpm`` command finds this module through the ``ddpm.commands`` entry point.
 
 The API and the worker run as child processes of their own (the API never imports torch);
-they get their configuration through the environment, like in a container.
+they get their configuration through the environment, like in a container. A child that dies
+is restarted (see :mod:`serve.supervisor`); the embedded Redis keeps its data in ``--data-dir``
+(see :mod:`serve.redis_server`), so neither a restart of Redis nor of ``ddpm serve`` loses a
+queued job or a result.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import IO
+
+from serve.redis_server import DEFAULT_PORT, EmbeddedRedis, default_data_dir, free_port, pick_port, port_is_free
+from serve.supervisor import PREEXEC, GaveUp, Hurry, ProcessChild, RestartPolicy, Supervisor, stop_process
+
+__all__ = ["add_parser", "api_command", "run", "stop_process", "worker_command"]
 
 logger = logging.getLogger(__name__)
+
+API_GRACE_S = 10.0
+REDIS_START_TIMEOUT_S = 60.0  # a large AOF takes a while to load
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="run the generation service (Redis, a worker, the API and web page)",
-        description="Run Redis (embedded unless REDIS_URL is set), one worker and the API with its web page.",
+        description="Run Redis (embedded unless REDIS_URL is set), one worker and the API with its web page; "
+        "restart any of them that dies. Ctrl-C or SIGTERM stops them all.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="API host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
@@ -34,6 +47,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--checkpoint", type=Path, help="serve this checkpoint file (named by its file stem)")
     source.add_argument("--model-dir", type=Path, help="serve every *.safetensors in this directory")
     parser.add_argument("--concurrency", type=int, default=1, help="generation processes in the worker (default 1)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help="where the embedded Redis keeps its data (append-only file), password and log "
+        "(default %(default)s, from $XDG_DATA_HOME)",
+    )
+    parser.add_argument(
+        "--redis-port",
+        type=int,
+        default=None,
+        help=f"port of the embedded Redis on 127.0.0.1 (default {DEFAULT_PORT} when free, else any free port; "
+        "0: any free port)",
+    )
+    parser.add_argument(
+        "--worker-grace",
+        type=float,
+        default=30.0,
+        help="seconds a stopping worker may take to finish its job before it is killed; a killed job "
+        "is run again at the next start (default 30)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -80,36 +114,6 @@ def api_command(host: str, port: int) -> list[str]:
     ]
 
 
-def stop_process(process: subprocess.Popen, name: str, grace: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds."""
-    if process.poll() is not None:
-        return
-    logger.info("stopping %s", name)
-    process.terminate()
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        logger.warning("%s did not stop in %.0f s; killing it", name, grace)
-        process.kill()
-        process.wait()
-
-
-def _wait_http(url: str, timeout: float, processes: list[tuple[str, subprocess.Popen]]) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for name, process in processes:
-            if process.poll() is not None:
-                raise RuntimeError(f"the {name} exited with code {process.returncode} at start")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.25)
-    return False
-
-
 def _warn_without_models(env: dict[str, str]) -> None:
     """Say so at start when there is nothing to serve (the page would offer no model)."""
     from contract.settings import Settings
@@ -125,9 +129,59 @@ def _warn_without_models(env: dict[str, str]) -> None:
         )
 
 
+class RedisChild:
+    """The embedded Redis as a supervised child (restarted on the same port, password and data)."""
+
+    name = "Redis server"
+
+    def __init__(self, server: EmbeddedRedis) -> None:
+        self.server = server
+
+    @property
+    def pid(self) -> int | None:
+        return self.server.pid
+
+    def start(self) -> None:
+        self.server.start(timeout=REDIS_START_TIMEOUT_S, preexec_fn=PREEXEC)
+
+    def poll(self) -> int | None:
+        return self.server.poll()
+
+    def stop(self, hurry: Hurry) -> None:
+        if self.server.poll() is None:
+            logger.info("stopping the Redis server (pid %s)", self.server.pid)
+        self.server.stop(grace=2.0 if hurry() else 10.0)
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold ``data_dir/serve.lock`` while serving: two servers on one AOF would corrupt it."""
+    from ddpm_core.errors import UsageError
+
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    handle = (data_dir / "serve.lock").open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UsageError(f"another ddpm serve is using the data directory {data_dir}") from None
+    return handle
+
+
+def _redis_port(requested: int | None) -> int:
+    from ddpm_core.errors import UsageError
+
+    if requested is None:
+        return pick_port(DEFAULT_PORT)
+    if requested == 0:
+        return free_port()
+    if not port_is_free(requested):
+        raise UsageError(f"--redis-port {requested}: the port is in use")
+    return requested
+
+
 def run(args: argparse.Namespace) -> int:
     from ddpm_core.errors import UsageError
-    from serve.redis_server import EmbeddedRedis, RedisServerError
+    from serve.redis_server import RedisServerError
 
     env = dict(os.environ)
     if args.checkpoint is not None:
@@ -139,47 +193,77 @@ def run(args: argparse.Namespace) -> int:
         if not args.model_dir.is_dir():
             raise UsageError(f"model directory {args.model_dir} does not exist")
         env["DDPM_MODEL_DIR"] = str(args.model_dir.resolve())
+    if args.worker_grace < 0:
+        raise UsageError("--worker-grace must be >= 0")
+    if not port_is_free(args.port, args.host):
+        raise UsageError(f"port {args.port} on {args.host} is in use (choose another with --port)")
     _warn_without_models(env)
-    redis_server = None
-    if not env.get("REDIS_URL"):
-        try:
-            redis_server = EmbeddedRedis().start()
-        except RedisServerError as error:
-            raise UsageError(str(error)) from None
-        env["REDIS_URL"] = redis_server.url
-    else:
-        logger.info("joining the Redis at REDIS_URL")
 
-    stopping = {"signal": None}
+    lock = None
+    children: list = []
+    if not env.get("REDIS_URL"):
+        data_dir = args.data_dir.expanduser().resolve()
+        lock = _lock_data_dir(data_dir)
+        try:
+            server = EmbeddedRedis(port=_redis_port(args.redis_port), data_dir=data_dir)
+        except (RedisServerError, UsageError):
+            lock.close()
+            raise
+        env["REDIS_URL"] = server.url
+        children.append(RedisChild(server))
+    else:
+        logger.info("joining the Redis at REDIS_URL (not supervised by ddpm serve)")
+    children.append(ProcessChild("worker", worker_command(args.concurrency), env, grace=args.worker_grace))
+    children.append(ProcessChild("API", api_command(args.host, args.port), env, grace=API_GRACE_S))
+    supervisor = Supervisor(children, RestartPolicy())
+
+    signals: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
-        stopping["signal"] = signum
+        signals.append(signum)
+        if len(signals) == 2:
+            logger.warning("second signal: stopping without waiting for running jobs")
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    children: list[tuple[str, subprocess.Popen]] = []
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    base = f"http://[{host}]:{args.port}" if ":" in host else f"http://{host}:{args.port}"
+    announce = _Announcer(base)
     try:
-        children.append(("worker", subprocess.Popen(worker_command(args.concurrency), env=env, start_new_session=True)))
-        children.append(("API", subprocess.Popen(api_command(args.host, args.port), env=env, start_new_session=True)))
-        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        base = f"http://{host}:{args.port}"
-        if _wait_http(f"{base}/healthz", 60, children):
-            logger.info("ddpm serve: the page is at %s/ (API docs at %s/docs); Ctrl-C stops", base, base)
-        while stopping["signal"] is None:
-            for name, process in children:
-                if process.poll() is not None:
-                    logger.error("the %s exited with code %s; stopping", name, process.returncode)
-                    return 1
-            time.sleep(0.2)
-        logger.info("stopping (signal %s)", stopping["signal"])
+        try:
+            supervisor.start()
+        except RedisServerError as error:
+            raise UsageError(str(error)) from None
+        supervisor.run(lambda: bool(signals), announce)
+        logger.info("stopping (%s)", signal.Signals(signals[0]).name)
         return 0
-    except RuntimeError as error:
-        logger.error("%s", error)
+    except GaveUp:
+        logger.error("ddpm serve: stopping everything (exit status 1); see the log above")
         return 1
     finally:
-        for name, process in reversed(children):
-            stop_process(process, name)
-        if redis_server is not None:
-            redis_server.stop()
+        supervisor.stop(lambda: len(signals) >= 2)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if lock is not None:
+            lock.close()
         logger.info("stopped")
+
+
+class _Announcer:
+    """Say where the page is once the API first answers."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.done = False
+        self.next_try = 0.0
+
+    def __call__(self) -> None:
+        if self.done or time.monotonic() < self.next_try:
+            return
+        self.next_try = time.monotonic() + 0.5
+        try:
+            with urllib.request.urlopen(f"{self.base}/healthz", timeout=0.5) as response:
+                self.done = response.status == 200
+        except OSError:
+            return
+        if self.done:
+            logger.info("ddpm serve: the page is at %s/ (API docs at %s/docs); Ctrl-C stops", self.base, self.base)
