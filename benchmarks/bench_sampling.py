@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from ddpm_core.checkpoint import load_checkpoint
-from ddpm_core.checkpoint_header import CheckpointError
-from ddpm_core.pipeline import GenerationCancelled, generate
+from ddpm_core.errors import CheckpointError, GenerationCancelled
+from ddpm_core.pipeline import generate
 from ddpm_core.samplers import make_sampler
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "mnist.safetensors"

@@ -25,14 +25,20 @@ _EXPORTS = {
     "MLPDenoiser": "ddpm_core.models",
     "MLPConfig": "ddpm_core.models",
     "generate": "ddpm_core.pipeline",
-    "GenerationCancelled": "ddpm_core.pipeline",
     "StepInfo": "ddpm_core.pipeline",
     "Trainer": "ddpm_core.training",
     "TrainConfig": "ddpm_core.training",
     "LoadedCheckpoint": "ddpm_core.checkpoint",
     "load_checkpoint": "ddpm_core.checkpoint",
     "save_checkpoint": "ddpm_core.checkpoint",
-    "CheckpointError": "ddpm_core.checkpoint_header",
+    "InferenceDefaults": "ddpm_core.checkpoint_header",
+    "inference_defaults": "ddpm_core.checkpoint_header",
+    "pick_device": "ddpm_core.device",
+    "DDPMError": "ddpm_core.errors",
+    "CheckpointError": "ddpm_core.errors",
+    "DatasetError": "ddpm_core.errors",
+    "GenerationCancelled": "ddpm_core.errors",
+    "UsageError": "ddpm_core.errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,3 +1,5 @@
+"""``python -m ddpm_core``: the ``ddpm`` command."""
+
 import sys
 
 from ddpm_core.cli import main

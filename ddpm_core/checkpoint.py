@@ -21,12 +21,12 @@ from ddpm_core.checkpoint_header import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MAX_PARAMETERS,
-    CheckpointError,
     InferenceDefaults,
     file_sha256,
     inference_defaults,
     read_checkpoint_info,
 )
+from ddpm_core.errors import CheckpointError
 from ddpm_core.models import build_model, model_kind
 from ddpm_core.schedule import NoiseSchedule
 
@@ -46,10 +46,12 @@ class LoadedCheckpoint:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes; 0 for an unconditional model."""
         return len(self.class_names)
 
     @property
     def model_kind(self) -> str:
+        """The model's registry name ('unet' or 'mlp')."""
         return model_kind(self.model)
 
     @property

@@ -111,7 +111,8 @@ def gif_bytes(frames: Sequence[np.ndarray], frame_ms: int = 80, hold_last_ms: in
     return iio.imwrite("<bytes>", stacked, extension=".gif", duration=durations, loop=0)
 
 
-def save_gif(frames: Sequence[np.ndarray], path: str | Path, **options) -> Path:
+def save_gif(frames: Sequence[np.ndarray], path: str | Path, **options: int) -> Path:
+    """Write frames (H, W, C) uint8 as a GIF to ``path``; ``options`` as for :func:`gif_bytes`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(gif_bytes(frames, **options))
@@ -140,6 +141,7 @@ def scatter_image(points: torch.Tensor | np.ndarray, size: int = 512, board: boo
 
 
 def save_scatter(points: torch.Tensor, path: str | Path, size: int = 512) -> Path:
+    """Write a PNG scatter of points (N, 2) in [-1, 1]^2 over the checkerboard to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(png_bytes(scatter_image(points, size)))

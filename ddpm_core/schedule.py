@@ -187,6 +187,7 @@ class NoiseSchedule:
     # ----------------------------------------------------------------- properties
     @property
     def num_train_timesteps(self) -> int:
+        """T, the number of training timesteps."""
         return int(self.betas.shape[0])
 
     def __len__(self) -> int:

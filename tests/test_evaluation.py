@@ -272,7 +272,7 @@ def test_committed_classifier_is_small_and_accurate():
 
 
 def test_load_classifier_rejects_other_files(tmp_path):
-    from ddpm_core.checkpoint_header import CheckpointError
+    from ddpm_core.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="does not exist"):
         load_classifier(tmp_path / "missing.safetensors")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
@@ -22,11 +23,14 @@ def int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def make_sample_writer(data: TrainingData, schedule: NoiseSchedule, steps: int = 50):
+def make_sample_writer(
+    data: TrainingData, schedule: NoiseSchedule, steps: int = 50
+) -> Callable[[nn.Module, int, Path], None]:
     """A trainer hook writing ``samples/step_N.png``: a row per class (or 64 samples), or a
     scatter of 2000 points for the 2D toy, drawn with DDIM from the EMA model."""
 
     def write(model: nn.Module, step: int, directory: Path) -> None:
+        """Draw from ``model`` and write ``directory/step_N.png``; restores the model's train mode."""
         was_training = model.training
         model.eval()
         sampler = DDIMSampler(schedule)

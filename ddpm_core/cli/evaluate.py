@@ -35,6 +35,7 @@ def float_list(text: str) -> tuple[float, ...]:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``ddpm evaluate`` and its options to the ``ddpm`` subcommands."""
     parser = subparsers.add_parser(
         "evaluate",
         help="score an MNIST checkpoint (classifier accuracy, FID)",
@@ -63,6 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``ddpm evaluate`` with parsed ``args``; returns the exit status."""
     if args.per_class < 1:
         raise UsageError("--per-class must be at least 1")
     if args.batch_size < 1:

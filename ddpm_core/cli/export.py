@@ -10,6 +10,7 @@ from ddpm_core.errors import UsageError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``ddpm export`` and its options to the ``ddpm`` subcommands."""
     parser = subparsers.add_parser(
         "export",
         help="copy a checkpoint for serving",
@@ -21,6 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``ddpm export`` with parsed ``args``; returns the exit status."""
     if args.out.resolve() == args.checkpoint.resolve():
         raise UsageError("--out must differ from --checkpoint")
     if args.default_guidance is not None and args.default_guidance < 0:

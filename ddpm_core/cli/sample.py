@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``ddpm sample`` and its options to the ``ddpm`` subcommands."""
     parser = subparsers.add_parser(
         "sample", help="sample from a checkpoint", description="Sample from a trained checkpoint."
     )
@@ -39,6 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``ddpm sample`` with parsed ``args``; returns the exit status."""
     if not (args.png or args.gif or args.npy):
         raise UsageError("nothing to write: give --png, --gif and/or --npy")
     if args.n < 1:

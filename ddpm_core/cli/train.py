@@ -96,6 +96,7 @@ TRAIN_OPTIONS = (
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``ddpm train`` and its options to the ``ddpm`` subcommands."""
     parser = subparsers.add_parser(
         "train", help="train a model", description="Train a diffusion model; writes RUN_DIR/model.safetensors."
     )
@@ -143,6 +144,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def dataset_kind(name: str) -> str:
+    """'mnist', 'checkerboard' or 'folder' for a --dataset value; ValueError for anything else."""
     if name in ("mnist", "checkerboard"):
         return name
     if name.startswith("folder:") and len(name) > len("folder:"):
@@ -151,6 +153,7 @@ def dataset_kind(name: str) -> str:
 
 
 def load_data(args: argparse.Namespace, model_options: dict) -> TrainingData:
+    """The training data named by --dataset (folder images resized to the model's image size)."""
     kind = dataset_kind(args.dataset)
     if kind == "mnist":
         return load_mnist_data(args.data_dir)
@@ -162,6 +165,7 @@ def load_data(args: argparse.Namespace, model_options: dict) -> TrainingData:
 
 
 def build_new_model(kind: str, model_options: dict, num_classes: int) -> nn.Module:
+    """A fresh MLP (checkerboard) or U-Net (images) from the merged model options."""
     if kind == "checkerboard":
         fields = {key: model_options[key] for key in ("hidden_dim", "num_layers") if key in model_options}
         return build_model("mlp", MLPConfig(data_dim=2, num_classes=num_classes, **fields))
@@ -170,6 +174,7 @@ def build_new_model(kind: str, model_options: dict, num_classes: int) -> nn.Modu
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``ddpm train`` with parsed ``args``; returns the exit status."""
     kind = dataset_kind(args.dataset)
     given_model = {key: getattr(args, key) for key in MODEL_OPTIONS if getattr(args, key, None) is not None}
     given_train = {key: getattr(args, key) for key in TRAIN_OPTIONS if getattr(args, key, None) is not None}

@@ -13,7 +13,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ddpm_core.data.mnist import MNIST_CLASS_NAMES, DatasetError, load_mnist
+from ddpm_core.data.mnist import MNIST_CLASS_NAMES, load_mnist
+from ddpm_core.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +22,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 class TrainingData(Protocol):
+    """What the trainer needs of a data set: a name, class names, a sample shape and random batches."""
+
     name: str
     class_names: list[str]
     sample_shape: tuple[int, ...]
@@ -48,6 +51,7 @@ class ImageData:
         return len(self.images)
 
     def sample_batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``batch_size`` images of the shuffled epoch, (B, C, H, W) float in [-1, 1], and labels (B,)."""
         indices = []
         needed = batch_size
         while needed:
@@ -64,6 +68,7 @@ class ImageData:
 
 
 def load_mnist_data(data_dir: str | Path, split: str = "train", download: bool = True) -> ImageData:
+    """MNIST as an :class:`ImageData` of (N, 1, 28, 28) images with classes '0' to '9'."""
     images, labels = load_mnist(data_dir, split, download=download)
     return ImageData("mnist", images[:, None], labels, MNIST_CLASS_NAMES)
 
@@ -115,6 +120,7 @@ class CheckerboardData:
     sample_shape = (2,)
 
     def sample_batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``batch_size`` points (B, 2) in [-1, 1]^2 by rejection sampling, and zero labels (B,)."""
         kept = []
         count = 0
         while count < batch_size:

@@ -24,8 +24,9 @@ from torch import nn
 
 from ddpm_core.atomic import atomic_path
 from ddpm_core.checkpoint import check_model_matches_header
-from ddpm_core.checkpoint_header import CheckpointError, file_sha256, read_raw_header, tensor_shapes
+from ddpm_core.checkpoint_header import file_sha256, read_raw_header, tensor_shapes
 from ddpm_core.config import StoredConfig
+from ddpm_core.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class DigitClassifier(nn.Module):
         return self.body(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) of images (B, 1, 28, 28) in [-1, 1]."""
         return self.head(self.dropout(self.features(images)))
 
 
@@ -138,6 +140,8 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
 
 @dataclass(frozen=True)
 class ClassifierTrainConfig:
+    """How :func:`train_classifier` optimises: AdamW with a one-cycle rate, random shifts."""
+
     epochs: int = 4
     batch_size: int = 128
     learning_rate: float = 3e-3
@@ -222,6 +226,8 @@ def save_classifier(path: str | Path, model: DigitClassifier, info: dict[str, An
 
 @dataclass
 class LoadedClassifier:
+    """A classifier ready to use, with its file's ``info`` and SHA-256."""
+
     path: Path
     model: DigitClassifier
     info: dict[str, Any]

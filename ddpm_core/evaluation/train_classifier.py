@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from ddpm_core.data.mnist import DatasetError, load_mnist
+from ddpm_core.data.mnist import load_mnist
+from ddpm_core.errors import DatasetError
 from ddpm_core.evaluation.classifier import (
     ClassifierConfig,
     ClassifierTrainConfig,
@@ -34,6 +35,7 @@ DEFAULT_OUT = Path("checkpoints/mnist_classifier.safetensors")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line options."""
     parser = argparse.ArgumentParser(
         prog="python -m ddpm_core.evaluation.train_classifier",
         description="Train the small CNN that `ddpm evaluate` uses to judge generated digits.",
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Train, measure the test accuracy, save; returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)

@@ -70,11 +70,13 @@ class MLPDenoiser(nn.Module):
 
     @property
     def num_classes(self) -> int:
+        """Number of classes; 0 for an unconditional model."""
         return self.config.num_classes
 
     def forward(
         self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """Predict the noise: x_t (B, D), integer timesteps (B,) or a scalar, labels (B,) or None -> (B, D)."""
         batch = sample.shape[0]
         timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(batch)
         embedding = self.time_embed(timestep_embedding(timestep, self.config.time_embed_dim).to(sample.dtype))

@@ -140,20 +140,26 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
+    """A stride-2 3x3 convolution: (B, C, H, W) -> (B, C, H/2, W/2)."""
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H/2, W/2)."""
         return self.conv(x)
 
 
 class Upsample(nn.Module):
+    """Nearest-neighbour upsampling and a 3x3 convolution: (B, C, H, W) -> (B, C, 2H, 2W)."""
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, 2H, 2W)."""
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
@@ -216,6 +222,7 @@ class UNet(nn.Module):
 
     @property
     def num_classes(self) -> int:
+        """Number of classes; 0 for an unconditional model."""
         return self.config.num_classes
 
     def forward(

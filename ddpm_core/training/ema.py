@@ -24,10 +24,12 @@ class EMA:
         self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
 
     def current_decay(self) -> float:
+        """The decay the next update uses (warmed up over the first updates)."""
         return min(self.decay, (1.0 + self.num_updates) / (10.0 + self.num_updates))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """Move the shadow weights towards ``model``'s; copy its buffers."""
         decay = self.current_decay()
         shadow_params = [p for p in self.shadow.parameters()]
         model_params = [p.detach() for p in model.parameters()]

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ddpm_core.atomic import atomic_path
-from ddpm_core.checkpoint_header import CheckpointError
+from ddpm_core.errors import CheckpointError
 
 STATE_TENSORS = "train_state.safetensors"
 STATE_JSON = "train_state.json"

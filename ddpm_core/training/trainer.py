@@ -22,9 +22,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ddpm_core.checkpoint import save_checkpoint
-from ddpm_core.checkpoint_header import CheckpointError
 from ddpm_core.data.datasets import ImageData, TrainingData
 from ddpm_core.device import pick_device
+from ddpm_core.errors import CheckpointError
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.training.ema import EMA
 from ddpm_core.training.state import load_training_state, save_training_state
@@ -141,6 +141,7 @@ class Trainer:
         return loss_fn(prediction.float(), noise)
 
     def train_step(self) -> torch.Tensor:
+        """One optimiser step on a fresh batch; returns the loss (a scalar tensor, not synced to the host)."""
         clean, labels = self.data.sample_batch(self.config.batch_size, self.data_generator)
         clean = clean.to(self.device, non_blocking=True)
         if self.on_cuda and clean.ndim == 4:
@@ -207,6 +208,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- persistence
     def metadata(self) -> dict[str, Any]:
+        """The ``training`` metadata stored in the checkpoint (steps, settings, device, time)."""
         return {
             "steps": self.step,
             "batch_size": self.config.batch_size,
