@@ -258,16 +258,17 @@ class BucketedForward:
     def _run(self, sample: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         rows = sample.shape[0]
         bucket = self.bucket_for(rows)
-        if bucket > rows:
-            pad = bucket - rows
-            sample = torch.cat([sample, sample.new_zeros((pad, *sample.shape[1:]))])
-            timesteps = torch.cat([timesteps, timesteps.new_zeros(pad)])
-            if class_labels is not None:
-                class_labels = torch.cat([class_labels, class_labels.new_full((pad,), self.num_classes)])
         self.calls += 1
         self.rows += rows
         self.padded_rows += bucket - rows
         with torch.inference_mode(), self._context():
+            if self.options.compile:
+                # Fresh contiguous inference tensors whatever the caller gave (a normal tensor,
+                # an expanded timestep with stride 0): dynamo guards on both, and any change
+                # would recompile a bucket.
+                sample, timesteps, class_labels = self._padded(sample, timesteps, class_labels, bucket)
+            elif bucket > rows:
+                sample, timesteps, class_labels = self._padded(sample, timesteps, class_labels, bucket)
             if self.options.cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
             output = self._module(sample, timesteps, class_labels)
@@ -275,6 +276,21 @@ class BucketedForward:
         if output.dtype != torch.float32:
             return output.float()  # a copy, out of any CUDA graph's memory
         return output.clone() if self.options.cudagraphs else output
+
+    def _padded(
+        self, sample: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor | None, bucket: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The inputs copied into (bucket, ...) tensors; padding rows: x = 0, t = 0, the null label."""
+        rows = sample.shape[0]
+        padded_sample = sample.new_zeros((bucket, *sample.shape[1:]), dtype=torch.float32)
+        padded_sample[:rows] = sample
+        padded_timesteps = torch.zeros(bucket, dtype=torch.long, device=sample.device)
+        padded_timesteps[:rows] = timesteps
+        padded_labels = None
+        if class_labels is not None:
+            padded_labels = torch.full((bucket,), self.num_classes, dtype=torch.long, device=sample.device)
+            padded_labels[:rows] = class_labels
+        return padded_sample, padded_timesteps, padded_labels
 
     def _context(self) -> contextlib.AbstractContextManager:
         stack = contextlib.ExitStack()

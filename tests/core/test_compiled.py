@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm_core import UNet, UNetConfig
+from ddpm_core import NoiseSchedule, UNet, UNetConfig
+from ddpm_core.batching import denoise_step
 from ddpm_core.compiled import BucketedForward, power_of_two_buckets, resolve_forward_options
+from ddpm_core.pipeline import Generation
+from ddpm_core.samplers import make_sampler
 
 TINY = UNetConfig(
     image_size=8,
@@ -150,3 +153,18 @@ def test_compile_on_cpu_pads_instead_of_recompiling():
             with torch.inference_mode():
                 exact = small(x, t, labels)
             torch.testing.assert_close(compiled, exact, rtol=1e-4, atol=1e-4)
+        # what the engine passes: inference tensors, a timestep expanded with stride 0
+        with torch.inference_mode():
+            x, _, labels = inputs(3)
+            t = torch.tensor([17]).expand(3)
+            torch.testing.assert_close(forward(x, t, labels), small(x, t, labels), rtol=1e-4, atol=1e-4)
+        generation = Generation.for_model(
+            small,
+            make_sampler("ddim", NoiseSchedule.linear(50), 3),
+            num_samples=2,
+            sample_shape=(1, 8, 8),
+            class_labels=[0, 1],
+            guidance_scale=1.0,
+        )
+        while not generation.done:
+            denoise_step([generation], forward)
