@@ -8,6 +8,7 @@ The helpers here (``Serve``, ``serve_env``) are also used by ``test_serve_faults
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -111,15 +112,19 @@ class Serve:
         port = int(line.split("on port ")[1].split()[0].rstrip(","))
         return redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=5, decode_responses=True)
 
-    def stop(self, timeout: float = 60) -> int:
-        """Ctrl-C (to the foreground group: ddpm serve only, its children have sessions of their own)."""
-        os.killpg(self.process.pid, signal.SIGINT)
+    def stop(self, sig: signal.Signals = signal.SIGINT, timeout: float = 60) -> int:
+        """Ctrl-C (to the foreground group: ddpm serve only, its children have sessions of their own)
+        or another signal."""
+        os.killpg(self.process.pid, sig)
         return self.process.wait(timeout=timeout)
 
     def __enter__(self) -> Serve:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        for pid in self.children().values():  # a worker a test paused must run to see its SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGCONT)
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)  # its children get SIGTERM (parent-death signal)
             self.process.wait()
@@ -172,6 +177,11 @@ def test_ddpm_serve_runs_the_stack_and_stops_on_ctrl_c(model_dir: Path, tmp_path
         config = {key: store.config_get(key)[key] for key in ("appendonly", "appendfsync", "bind", "protected-mode")}
         assert config == {"appendonly": "yes", "appendfsync": "everysec", "bind": "127.0.0.1", "protected-mode": "yes"}
         store.close()
+        # a second ddpm serve on the same data directory is refused (two servers on one AOF)
+        command = [sys.executable, "-m", "ddpm_core", "serve", "--port", str(free_port())]
+        command += ["--data-dir", str(serve.data_dir), "--model-dir", str(model_dir)]
+        refused = subprocess.run(command, cwd=REPO, env=serve_env(), capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and "another ddpm serve is using the data directory" in refused.stderr
         assert serve.stop() == 0
         text = serve.log()
     assert "Traceback" not in text, text[-3000:]
@@ -195,7 +205,7 @@ def test_stopping_and_starting_ddpm_serve_keeps_queued_jobs_and_results(model_di
             pause_worker(first)
             queued = [submit(client, {**DDIM, "digit": digit}) for digit in (1, 2)]
             assert [client.get(f"/jobs/{job}").json()["status"] for job in queued] == ["queued", "queued"]
-        assert first.stop() == 0  # the paused worker gets SIGTERM and SIGCONT, and stops
+        assert first.stop(signal.SIGTERM) == 0  # the paused worker gets SIGTERM and SIGCONT, and stops
         first_log = first.log()
     assert not any(f"[{job}] received" in first_log for job in queued)  # still queued when it stopped
     with Serve(model_dir, data_dir, "serve-restart.log") as second:
@@ -223,6 +233,7 @@ def test_embedded_redis_keeps_its_data_and_password_across_restarts(tmp_path: Pa
         client = redis.Redis.from_url(server.url)
         client.set("kept", "1")
         client.set("expiring", "2", ex=600)
+        time.sleep(2.5)  # appendfsync everysec: a crash may lose the writes of the last 1-2 s, no more
         os.kill(server.pid, signal.SIGKILL)  # no shutdown: the AOF alone must hold the writes
         server.process.wait()
         server.start()  # in place: the same port, password and data
