@@ -196,10 +196,11 @@ def run(args: argparse.Namespace) -> int:
     if args.worker_grace < 0:
         raise UsageError("--worker-grace must be >= 0")
     if not port_is_free(args.port, args.host):
-        raise UsageError(f"port {args.port} on {args.host} is in use (choose another with --port)")
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: in use? (choose another with --port)")
     _warn_without_models(env)
 
     lock = None
+    redis_log = None
     children: list = []
     if not env.get("REDIS_URL"):
         data_dir = args.data_dir.expanduser().resolve()
@@ -210,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
             lock.close()
             raise
         env["REDIS_URL"] = server.url
+        redis_log = server.log_path
         children.append(RedisChild(server))
     else:
         logger.info("joining the Redis at REDIS_URL (not supervised by ddpm serve)")
@@ -237,6 +239,8 @@ def run(args: argparse.Namespace) -> int:
         logger.info("stopping (%s)", signal.Signals(signals[0]).name)
         return 0
     except GaveUp:
+        if redis_log is not None:
+            logger.error("the embedded Redis logs to %s", redis_log)
         logger.error("ddpm serve: stopping everything (exit status 1); see the log above")
         return 1
     finally:

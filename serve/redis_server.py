@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -188,7 +189,9 @@ class EmbeddedRedis:
             return -1
         return self.process.poll()
 
-    def start(self, timeout: float = 10.0, preexec_fn=None) -> EmbeddedRedis:  # noqa: ANN001
+    def start(self, timeout: float = 10.0, preexec_fn: Callable[[], None] | None = None) -> EmbeddedRedis:
+        """Start the server (a no-op while it runs) and wait until it answers; ``preexec_fn`` runs in
+        the child before ``exec``."""
         if self.process is not None and self.process.poll() is None:
             return self
         log = self.log_path.open("ab")
