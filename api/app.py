@@ -12,10 +12,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import redis.asyncio as aioredis
+import redis.exceptions
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
 
 from api.errors import install_error_handlers
 from api.middleware import AllowedMethods, BodyLimit
@@ -35,7 +38,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        options = {"socket_connect_timeout": 2, "socket_timeout": 30, "health_check_interval": 15}
+        options = {
+            "socket_connect_timeout": 2,
+            "socket_timeout": 30,
+            "health_check_interval": 15,
+            # a Redis restart closes pooled connections: retry on a fresh one instead of answering 503
+            "retry": AsyncRetry(ExponentialBackoff(cap=1.0, base=0.1), 4),
+            "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+        }
         client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, **options)
         raw = aioredis.Redis.from_url(settings.redis_url, **options)
         app.state.store = AsyncJobStore(client, raw, settings.key_prefix, settings.result_ttl_s)

@@ -8,6 +8,9 @@ import time
 from typing import Any
 
 import redis
+import redis.exceptions
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from contract.layout import JobRecord, JobStatus, Keys, event_data, new_job_fields
 from contract.settings import Settings
@@ -15,6 +18,13 @@ from contract.spec import JobSpec
 from contract.transitions import Transitions
 
 logger = logging.getLogger(__name__)
+
+# a Redis restart closes pooled connections: retry on a fresh one (about 3 s in all) before failing
+RETRYING = {
+    "retry": Retry(ExponentialBackoff(cap=1.0, base=0.1), 6),
+    "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+    "socket_connect_timeout": 2,
+}
 
 
 class Claim:
@@ -37,8 +47,8 @@ class JobStore:
 
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self.settings = settings
-        self.client = client or redis.Redis.from_url(settings.redis_url, decode_responses=True)
-        self.raw = redis.Redis.from_url(settings.redis_url)
+        self.client = client or redis.Redis.from_url(settings.redis_url, decode_responses=True, **RETRYING)
+        self.raw = redis.Redis.from_url(settings.redis_url, **RETRYING)
         self.keys = Keys(settings.key_prefix)
         self.ttl_s = settings.result_ttl_s
         self.transitions = Transitions(self.client, self.keys)

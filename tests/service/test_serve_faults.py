@@ -57,13 +57,9 @@ def test_a_killed_worker_is_restarted_and_its_jobs_are_not_lost(model_dir: Path,
 
 
 def get_after_redis_restart(client: httpx.Client, path: str) -> httpx.Response:
-    """GET ``path``, allowing a 503 or two: the API's pooled Redis connections from before the
-    restart fail once each (its Redis clients do not retry), then it reconnects."""
-    for _ in range(3):
-        response = client.get(path)
-        if response.status_code != 503:
-            break
-        assert "Redis" in response.json()["message"], response.text
+    """GET ``path`` right after a Redis restart: the API's Redis clients retry on a fresh
+    connection, so not even the first answer is a 503."""
+    response = client.get(path)
     assert response.status_code == 200, response.text
     return response
 
@@ -83,8 +79,8 @@ def test_a_killed_redis_is_restarted_with_its_queue_and_results(model_dir: Path,
             time.sleep(2.5)  # appendfsync everysec: a crash may lose the writes of the last 1-2 s, no more
             os.kill(before["redis"], signal.SIGKILL)
             killed_at = time.monotonic()
-            unready = client.get("/readyz")
-            assert unready.status_code == 503 and "Redis is unreachable" in unready.json()["reason"]
+            unready = client.get("/readyz")  # Redis is down or just back, and the worker is paused
+            assert unready.status_code == 503 and unready.json()["status"] == "unavailable"
             while True:  # Redis comes back without a human
                 try:
                     if store.ping():
