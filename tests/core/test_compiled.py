@@ -57,7 +57,7 @@ def test_buckets():
 
 def test_cpu_options():
     eager = resolve_forward_options("cpu")
-    assert not eager.compile and eager.dtype == torch.float32 and eager.buckets == () and eager.max_batch == 32
+    assert not eager.compile and eager.dtype == torch.float32 and eager.buckets == () and eager.max_batch == 64
     compiled = resolve_forward_options("cpu", compile=True, max_batch=16)
     assert compiled.compile and compiled.mode is None and compiled.freezing and not compiled.cudagraphs
     assert compiled.dtype == torch.float32 and compiled.buckets == (1, 2, 4, 8, 16)
