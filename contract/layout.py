@@ -4,13 +4,14 @@ Per job, each with the result time to live:
 
 * ``{p}:job:{id}`` hash: ``status``, ``spec`` (a :class:`~contract.spec.JobSpec` as JSON),
   ``step``, ``total``, ``created_at`` / ``started_at`` / ``finished_at`` / ``heartbeat_at``
-  (epoch seconds), ``worker``, ``attempts``, ``cancel``, ``error``, ``seconds``;
+  / ``sent_at`` (epoch seconds), ``worker``, ``attempts``, ``cancel``, ``error``, ``seconds``;
 * ``{p}:events:{id}`` stream: entries ``event`` (type) and ``data`` (JSON), ids used as SSE ids;
 * ``{p}:png:{id}``, ``{p}:gif:{id}``: the results.
 
 Shared: ``{p}:queue`` (sorted set of queued ids by submission time, for queue positions and
 the queue cap), ``{p}:running`` (set of running ids, for recovering jobs of dead workers) and
-``{p}:workers`` (sorted set of worker names by last heartbeat, for ``/readyz``).
+``{p}:workers`` (sorted set of worker names by last heartbeat, for ``/readyz``); per worker,
+``{p}:worker-stats:{name}`` (hash of its engine's counters, while it reports).
 
 Every status change goes through one of the scripts in :mod:`contract.transitions`.
 """
@@ -74,6 +75,9 @@ class Keys:
     def workers(self) -> str:
         return f"{self.prefix}:workers"
 
+    def worker_stats(self, worker: str) -> str:
+        return f"{self.prefix}:worker-stats:{worker}"
+
 
 @dataclass(frozen=True)
 class JobRecord:
@@ -124,6 +128,7 @@ def new_job_fields(spec: JobSpec, now: float) -> dict[str, str]:
         "total": str(spec.steps),
         "attempts": "0",
         "created_at": repr(now),
+        "sent_at": repr(now),
     }
 
 

@@ -34,7 +34,14 @@ def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        # unacknowledged messages come back after the visibility timeout: every worker sweeps for
+        # them every few seconds (a sweep lock left by a killed worker expires in 30 s)
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 2)),
+            "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": 30,
+        },
         task_time_limit=settings.max_job_s + 60,
         task_soft_time_limit=settings.max_job_s,
         broker_pool_limit=4,

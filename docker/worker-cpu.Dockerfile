@@ -23,4 +23,4 @@ USER app
 
 HEALTHCHECK --interval=30s --timeout=15s --start-period=60s --retries=3 \
     CMD celery -A worker.celery_app:app inspect ping --destination "worker@$(hostname)" --timeout 10 | grep -q pong
-CMD ["celery", "-A", "worker.celery_app:app", "worker", "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--hostname", "worker@%h"]
+CMD ["celery", "-A", "worker.celery_app:app", "worker", "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--hostname", "worker@%h"]

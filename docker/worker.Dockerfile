@@ -22,7 +22,7 @@ RUN pip install '.[service]' \
     && mkdir -p /app/checkpoints
 USER app
 
-# prefork with one pool process: CUDA is initialised only in the pool process, which never forks
+# a thread pool of DDPM_JOBS_IN_FLIGHT threads feeding one batching engine; nothing forks after CUDA starts
 HEALTHCHECK --interval=30s --timeout=15s --start-period=60s --retries=3 \
     CMD celery -A worker.celery_app:app inspect ping --destination "worker@$(hostname)" --timeout 10 | grep -q pong
-CMD ["celery", "-A", "worker.celery_app:app", "worker", "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--hostname", "worker@%h"]
+CMD ["celery", "-A", "worker.celery_app:app", "worker", "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--hostname", "worker@%h"]

@@ -46,7 +46,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", type=Path, help="serve this checkpoint file (named by its file stem)")
     source.add_argument("--model-dir", type=Path, help="serve every *.safetensors in this directory")
-    parser.add_argument("--concurrency", type=int, default=1, help="generation processes in the worker (default 1)")
+    parser.add_argument(
+        "--jobs-in-flight",
+        type=int,
+        default=None,
+        help="jobs the worker holds at once, batched into one forward per step (default: "
+        "DDPM_JOBS_IN_FLIGHT, else 16)",
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -71,8 +77,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def worker_command(concurrency: int = 1, queue: str = "ddpm", loglevel: str = "INFO") -> list[str]:
-    """The command line of one Celery worker (prefork: CUDA starts only in the pool process)."""
+def worker_command(queue: str = "ddpm", loglevel: str = "INFO") -> list[str]:
+    """The command line of one Celery worker. Its pool (threads, ``DDPM_JOBS_IN_FLIGHT`` of them)
+    comes from the worker's own configuration."""
     return [
         sys.executable,
         "-m",
@@ -80,10 +87,6 @@ def worker_command(concurrency: int = 1, queue: str = "ddpm", loglevel: str = "I
         "-A",
         "worker.celery_app:app",
         "worker",
-        "--pool",
-        "prefork",
-        "--concurrency",
-        str(concurrency),
         "--queues",
         queue,
         "--loglevel",
@@ -215,7 +218,11 @@ def run(args: argparse.Namespace) -> int:
         children.append(RedisChild(server))
     else:
         logger.info("joining the Redis at REDIS_URL (not supervised by ddpm serve)")
-    children.append(ProcessChild("worker", worker_command(args.concurrency), env, grace=args.worker_grace))
+    if args.jobs_in_flight is not None:
+        if args.jobs_in_flight < 1:
+            raise UsageError("--jobs-in-flight must be at least 1")
+        env["DDPM_JOBS_IN_FLIGHT"] = str(args.jobs_in_flight)
+    children.append(ProcessChild("worker", worker_command(), env, grace=args.worker_grace))
     children.append(ProcessChild("API", api_command(args.host, args.port), env, grace=API_GRACE_S))
     supervisor = Supervisor(children, RestartPolicy())
 

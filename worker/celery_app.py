@@ -1,9 +1,17 @@
 """The worker's Celery app (``celery -A worker.celery_app:app worker``): the contract's app with
-the task module :mod:`worker.tasks` included. Importing it does not import torch."""
+the task module :mod:`worker.tasks` included. Importing it does not import torch.
+
+A worker process holds up to ``DDPM_JOBS_IN_FLIGHT`` jobs at once: its pool is Celery's
+thread pool of that many threads, each task hands its spec to the process's engine and waits
+for it, so one batched forward serves every job in flight. No process forks after torch (and
+CUDA) are loaded.
+"""
 
 from __future__ import annotations
 
 from contract.settings import get_settings
 from contract.tasks import make_celery
 
-app = make_celery(get_settings(), include=["worker.tasks"])
+settings = get_settings()
+app = make_celery(settings, include=["worker.tasks"])
+app.conf.update(worker_pool="threads", worker_concurrency=settings.jobs_in_flight)

@@ -8,10 +8,15 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from contract.settings import Settings
 from contract.spec import JobSpec
 from worker.store import JobStore
+
+if TYPE_CHECKING:
+    from worker.engine import EngineStats
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +43,18 @@ class JobHeartbeat(threading.Thread):
 class WorkerHousekeeping(threading.Thread):
     """Announce the worker every few seconds; re-queue abandoned jobs with ``resend``."""
 
-    def __init__(self, name: str, settings: Settings, resend: Callable[[str, JobSpec], None]) -> None:
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        resend: Callable[[str, JobSpec], None],
+        engine_stats: Callable[[], EngineStats | None] | None = None,
+    ) -> None:
         super().__init__(name="ddpm-housekeeping", daemon=True)
         self.worker = name
         self.settings = settings
         self.resend = resend
+        self.engine_stats = engine_stats
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -51,8 +63,18 @@ class WorkerHousekeeping(threading.Thread):
         while True:
             try:
                 store.worker_alive(self.worker)
+                stats = self.engine_stats() if self.engine_stats is not None else None
+                if stats is not None:
+                    store.worker_stats(self.worker, _stats_fields(stats))
                 for record in store.requeue_abandoned():
                     logger.warning("job %s lost its worker %s; queueing it again", record.id, record.worker)
+                    self.resend(record.id, record.spec)
+                for record in store.resend_due():
+                    logger.info(
+                        "job %s still queued %.0f s after its task was sent; sending it again",
+                        record.id,
+                        self.settings.visibility_timeout_s,
+                    )
                     self.resend(record.id, record.spec)
                 store.prune_queue()
             except Exception as error:
@@ -61,3 +83,11 @@ class WorkerHousekeeping(threading.Thread):
                 break
         with contextlib.suppress(Exception):  # Redis may already be gone at shutdown
             store.worker_gone(self.worker)
+
+
+def _stats_fields(stats: EngineStats) -> dict[str, str]:
+    """The engine's counters as a Redis hash (for benchmarks and metrics)."""
+    fields = {name: str(value) for name, value in asdict(stats).items()}
+    fields["mean_rows_per_tick"] = repr(stats.mean_rows_per_tick)
+    fields["occupancy"] = repr(stats.occupancy)
+    return fields

@@ -1,79 +1,124 @@
-"""Running one job's spec with torch: progress events, previews, GIF frames, the results.
+"""Running one job's spec on its model's engine: the job's task thread hands the spec to the
+engine, relays the engine's steps to Redis (progress, previews), polls for cancellation, and
+stores the PNG and GIF at the end.
 
-Only worker processes import this module.
+The engine thread only records what a step leaves behind (a GIF frame, a preview's tensor) in
+the job's :class:`JobChannel`; every Redis write happens on the job's own thread, so a slow
+Redis never holds up the batch. Only worker processes import this module.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import queue
 import time
 from pathlib import Path
 
+import redis.exceptions
+import torch
+
 from contract.settings import Settings
 from contract.spec import JobSpec
-from ddpm_core.checkpoint import LoadedCheckpoint
 from ddpm_core.errors import GenerationCancelled
-from ddpm_core.pipeline import StepInfo, generate
+from ddpm_core.pipeline import StepInfo
 from ddpm_core.render import FrameRecorder, ScatterRecorder, gif_bytes, make_grid, png_bytes, scatter_image
-from ddpm_core.samplers import make_sampler
-from worker.models import ModelCache
+from worker.engine import EngineRequest
+from worker.engines import EnginePool
 from worker.store import JobStore
 
 logger = logging.getLogger(__name__)
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+FINISH_PATIENCE_S = 300.0  # how long a finished job waits for Redis to come back to store its result
 
 
-class JobProgress:
-    """Generation callback: throttled progress events, small previews and GIF frames."""
+class JobChannel:
+    """What the engine thread leaves for the job's thread: GIF frames and step updates."""
 
-    def __init__(self, store: JobStore, job_id: str, total: int, is_points: bool, settings: Settings) -> None:
-        self.store, self.job_id, self.total, self.is_points = store, job_id, total, is_points
-        self.recorder = (
-            ScatterRecorder(total, settings.gif_frames) if is_points else FrameRecorder(total, settings.gif_frames)
-        )
-        self.interval = settings.progress_interval_s
+    def __init__(self, total: int, is_points: bool, settings: Settings) -> None:
+        self.total = total
+        self.is_points = is_points
+        frames = settings.gif_frames
+        self.recorder = ScatterRecorder(total, frames) if is_points else FrameRecorder(total, frames)
         count = settings.preview_count
         self.preview_every = max(1, total // count) if count else 0
+        self._updates: queue.SimpleQueue[tuple[int, torch.Tensor | None]] = queue.SimpleQueue()
+
+    def on_step(self, info: StepInfo) -> None:
+        """On the engine thread, after each step: keep a frame or a preview if one is due."""
+        self.recorder(info)
+        preview = None
+        if self.preview_every and info.step % self.preview_every == 0 and info.step < info.total:
+            preview = info.pred_original_sample.detach().to("cpu", copy=True)  # (n, *shape)
+        self._updates.put((info.step, preview))
+
+    def take(self, timeout: float) -> list[tuple[int, torch.Tensor | None]]:
+        """The updates since the last call, waiting up to ``timeout`` s for the first."""
+        try:
+            updates = [self._updates.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                updates.append(self._updates.get_nowait())
+            except queue.Empty:
+                return updates
+
+
+class JobReporter:
+    """Throttled progress events and previews of one job, written on the job's thread.
+
+    A Redis outage drops progress events (logged), never the job."""
+
+    def __init__(self, store: JobStore, job_id: str, channel: JobChannel, settings: Settings) -> None:
+        self.store, self.job_id, self.channel = store, job_id, channel
+        self.interval = settings.progress_interval_s
         self.started = time.perf_counter()
         self.last_sent = 0.0
 
-    def __call__(self, info: StepInfo) -> None:
-        self.recorder(info)
+    def publish(self, updates: list[tuple[int, torch.Tensor | None]]) -> None:
+        if not updates:
+            return
+        total = self.channel.total
         now = time.perf_counter()
-        elapsed = now - self.started
-        if info.step == info.total or now - self.last_sent >= self.interval or info.step == 1:
-            eta = elapsed / info.step * (info.total - info.step)
-            self.store.progress(self.job_id, info.step, info.total, eta, elapsed)
-            self.last_sent = now
-        if self.preview_every and (info.step % self.preview_every == 0) and info.step < info.total:
-            sample = info.pred_original_sample
-            image = scatter_image(sample, 128) if self.is_points else make_grid(sample)
-            data = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
-            self.store.event(self.job_id, "preview", {"step": info.step, "total": info.total, "image": data})
+        try:
+            for step, preview in updates:
+                if preview is not None:
+                    self.store.event(
+                        self.job_id, "preview", {"step": step, "total": total, "image": self._png(preview)}
+                    )
+            step = updates[-1][0]
+            if step == total or step == 1 or now - self.last_sent >= self.interval:
+                elapsed = now - self.started
+                self.store.progress(self.job_id, step, total, elapsed / step * (total - step), elapsed)
+                self.last_sent = now
+        except REDIS_ERRORS as error:
+            logger.warning("job %s: progress not sent (Redis: %s)", self.job_id, error)
+
+    def _png(self, sample: torch.Tensor) -> str:
+        image = scatter_image(sample, 128) if self.channel.is_points else make_grid(sample)
+        return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
 class CancelPoll:
-    """``should_stop`` for :func:`generate`: asks Redis at most every ``interval`` seconds."""
+    """Asks Redis whether the job was cancelled, at most every ``interval`` seconds."""
 
-    def __init__(self, store: JobStore, job_id: str, interval: float = 0.05) -> None:
+    def __init__(self, store: JobStore, job_id: str, interval: float = 0.1) -> None:
         self.store, self.job_id, self.interval = store, job_id, interval
         self._last = 0.0
-        self._requested = False
 
     def __call__(self) -> bool:
         now = time.perf_counter()
-        if now - self._last >= self.interval:
-            self._last, self._requested = now, self.store.cancel_requested(self.job_id)
-        return self._requested
+        if now - self._last < self.interval:
+            return False
+        self._last = now
+        try:
+            return self.store.cancel_requested(self.job_id)
+        except REDIS_ERRORS:
+            return False
 
 
-def render_results(samples, loaded: LoadedCheckpoint, progress: JobProgress) -> tuple[bytes, bytes]:
-    """PNG grid (or scatter plot) and denoising GIF of a finished job; samples (n, *shape)."""
-    grid = scatter_image(samples) if progress.is_points else make_grid(samples, scale=2)
-    return png_bytes(grid), gif_bytes(progress.recorder.frames)
-
-
-def public_message(error: Exception, settings: Settings) -> str:
+def public_message(error: BaseException, settings: Settings) -> str:
     """A job's error for its record: one line, without the server's directories."""
     message = f"{type(error).__name__}: {error}".splitlines()[0]
     directories = {Path(settings.model_dir)}
@@ -85,37 +130,53 @@ def public_message(error: Exception, settings: Settings) -> str:
     return message
 
 
-def run_job(settings: Settings, store: JobStore, models: ModelCache, job_id: str, spec: JobSpec) -> str:
+def run_job(settings: Settings, store: JobStore, engines: EnginePool, job_id: str, spec: JobSpec) -> str:
     """Generate the job's samples exactly as its spec says and store PNG and GIF; the final status.
 
     Raises nothing for job errors: they end the job ``failed`` with their message."""
     started = time.perf_counter()
     try:
-        loaded = models.for_spec(spec)
-        sampler = make_sampler(spec.sampler, loaded.schedule, spec.steps)
-        progress = JobProgress(store, job_id, spec.steps, tuple(loaded.sample_shape) == (2,), settings)
-        samples = generate(
-            loaded.model,
-            sampler,
-            sample_shape=loaded.sample_shape,
-            num_samples=spec.n,
-            class_labels=spec.class_labels,
-            guidance_scale=spec.guidance,
-            seed=spec.seed,
-            callback=progress,
-            should_stop=CancelPoll(store, job_id),
+        loaded, engine = engines.for_spec(spec)
+        channel = JobChannel(spec.steps, tuple(loaded.sample_shape) == (2,), settings)
+        request = EngineRequest(
+            n=spec.n, sampler=spec.sampler, steps=spec.steps, guidance=spec.guidance, seed=spec.seed, digit=spec.digit
         )
-        png, gif = render_results(samples, loaded, progress)
+        handle = engine.submit(request, on_step=channel.on_step)
+        reporter = JobReporter(store, job_id, channel, settings)
+        cancel = CancelPoll(store, job_id)
+        while not handle.done():
+            reporter.publish(channel.take(timeout=0.05))
+            if cancel():
+                handle.cancel()
+        reporter.publish(channel.take(timeout=0))
+        samples = handle.result()  # (n, *shape); raises the job's error
+        grid = scatter_image(samples) if channel.is_points else make_grid(samples, scale=2)
+        png, gif = png_bytes(grid), gif_bytes(channel.recorder.frames)
     except GenerationCancelled as cancelled:
-        store.cancelled(job_id, cancelled.step)
-        logger.info("job %s cancelled after %d steps", job_id, cancelled.step)
+        done_steps = cancelled.step
+        _patiently(lambda: store.cancelled(job_id, done_steps), job_id)
+        logger.info("job %s cancelled after %d steps", job_id, done_steps)
         return "cancelled"
     except Exception as error:  # a job's failure must not take the worker down
         message = public_message(error, settings)
         logger.exception("job %s failed", job_id)
-        store.fail(job_id, message)
+        _patiently(lambda: store.fail(job_id, message), job_id)
         return "failed"
     seconds = time.perf_counter() - started
-    store.succeed(job_id, png, gif, seconds)
-    logger.info("job %s succeeded in %.2f s (%d steps, n=%d)", job_id, seconds, spec.steps, spec.n)
+    _patiently(lambda: store.succeed(job_id, png, gif, seconds), job_id)
+    logger.info("job %s succeeded in %.2f s (%s, %d steps, n=%d)", job_id, seconds, spec.sampler, spec.steps, spec.n)
     return "succeeded"
+
+
+def _patiently(finish, job_id: str) -> None:
+    """Record a job's end, waiting out a Redis outage (up to :data:`FINISH_PATIENCE_S`)."""
+    deadline = time.monotonic() + FINISH_PATIENCE_S
+    while True:
+        try:
+            finish()
+            return
+        except REDIS_ERRORS as error:
+            if time.monotonic() > deadline:
+                raise
+            logger.warning("job %s: cannot record its end yet (Redis: %s); retrying", job_id, error)
+            time.sleep(1.0)

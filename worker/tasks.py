@@ -1,5 +1,9 @@
 """The Celery task: run one job's spec. Idempotent: a redelivered or duplicate task finds the
 job claimed, finished or cancelled and does nothing; a job of a dead worker is claimed again.
+
+Every task runs on one of the worker's threads and hands its spec to the process's engine
+(:mod:`worker.engines`). The worker warms the default model's engine before it announces
+itself, so ``/readyz`` is ready only once the compiled forward is.
 """
 
 from __future__ import annotations
@@ -7,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from typing import Any
 
 from celery import signals
@@ -21,34 +26,35 @@ from worker.store import JobStore
 
 logger = logging.getLogger(__name__)
 
-# The worker's name, fixed in the main process before the pool forks: the jobs a pool process
-# claims carry the name the main process announces, so others can tell when it died.
 WORKER_NAME = os.environ.get("DDPM_WORKER_NAME") or f"{socket.gethostname()}:{os.getpid()}"
 
 _state: dict[str, Any] = {}
+_state_lock = threading.Lock()
 
 
 def _process_state() -> tuple[JobStore, Any]:
-    """This process's job store and model cache (made after the fork, on first use)."""
-    if _state.get("pid") != os.getpid():
-        from ddpm_core.device import pick_device
-        from worker.models import ModelCache
+    """This process's job store and engine pool (made on first use)."""
+    with _state_lock:
+        if "engines" not in _state:
+            from ddpm_core.device import pick_device
+            from worker.engines import EnginePool
+            from worker.models import ModelCache
 
-        settings = get_settings()
-        models = ModelCache(ModelRegistry(settings), pick_device(settings.device))
-        _state.update(store=JobStore(settings), models=models, pid=os.getpid())
-    return _state["store"], _state["models"]
+            settings = get_settings()
+            models = ModelCache(ModelRegistry(settings), pick_device(settings.device))
+            _state.update(store=JobStore(settings), engines=EnginePool(models, settings))
+        return _state["store"], _state["engines"]
 
 
 @app.task(name=GENERATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def generate_task(self, job_id: str, spec: dict[str, Any]) -> str:
     """Claim the job (skipping cancelled, finished or live-elsewhere jobs), run it, store results.
     Job errors end the job ``failed``; they are never re-raised."""
-    from worker.runner import run_job  # torch is imported in the pool process on first use
+    from worker.runner import run_job
 
     settings = get_settings()
     job_spec = JobSpec.model_validate(spec)
-    store, models = _process_state()
+    store, engines = _process_state()
     record = store.ensure(job_id, job_spec)
     if record.status.terminal:
         logger.info("job %s is %s; skipping", job_id, record.status.value)
@@ -63,17 +69,57 @@ def generate_task(self, job_id: str, spec: dict[str, Any]) -> str:
     beat = JobHeartbeat(store, job_id, settings.heartbeat_s)
     beat.start()
     try:
-        return run_job(settings, store, models, job_id, job_spec)
+        return run_job(settings, store, engines, job_id, job_spec)
     finally:
         beat.stop()
 
 
+def _warm_default_model() -> None:
+    """Load the default model and warm its engine (compiles every bucket when compiling)."""
+    settings = get_settings()
+    store, engines = _process_state()
+    try:
+        info = ModelRegistry(settings).get(None)
+    except LookupError as error:
+        logger.warning("no default model to warm: %s", error)
+        return
+    spec = JobSpec(
+        model=info.name,
+        weights_sha256=info.weights_sha256,
+        sampler="ddim",
+        steps=1,
+        guidance=0.0,
+        seed=0,
+        n=1,
+        digit=None,
+    )
+    try:
+        engines.for_spec(spec)
+    except Exception as error:  # a broken default model must not keep the worker from serving others
+        logger.error("could not load the default model %s: %s", info.name, error)
+
+
+@signals.worker_init.connect
+def _on_worker_init(**_: Any) -> None:
+    threads = get_settings().torch_threads
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 @signals.worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    thread = WorkerHousekeeping(WORKER_NAME, get_settings(), lambda job_id, spec: send_generate(app, job_id, spec))
+    _warm_default_model()  # before the worker announces itself: /readyz waits for it
+    thread = WorkerHousekeeping(
+        WORKER_NAME,
+        get_settings(),
+        resend=lambda job_id, spec: send_generate(app, job_id, spec),
+        engine_stats=lambda: _state["engines"].stats() if "engines" in _state else None,
+    )
     _state["housekeeping"] = thread
     thread.start()
-    logger.info("worker %s ready", WORKER_NAME)
+    logger.info("worker %s ready: up to %d jobs in flight", WORKER_NAME, get_settings().jobs_in_flight)
 
 
 @signals.worker_shutdown.connect
@@ -82,12 +128,6 @@ def _on_worker_shutdown(sender: Any = None, **_: Any) -> None:
     if thread is not None:
         thread.stopped.set()
         thread.join(timeout=5)
-
-
-@signals.worker_process_init.connect
-def _on_process_init(**_: Any) -> None:
-    threads = get_settings().torch_threads
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    engines = _state.get("engines")
+    if engines is not None:
+        engines.close()

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "service"
 TIMESTEPS = 200
 KEY_PREFIX = "ddpmtest"
+JOBS_IN_FLIGHT = 4  # jobs a test worker holds at once
 
 
 def make_tiny_checkpoint(path: Path, num_train_timesteps: int = TIMESTEPS) -> Path:
@@ -72,11 +73,16 @@ def service_env(redis_url: str, model_dir: Path, **extra: str) -> dict[str, str]
             "DDPM_KEY_PREFIX": KEY_PREFIX,
             "DDPM_QUEUE_NAME": KEY_PREFIX,
             "DDPM_TORCH_THREADS": "1",
+            "DDPM_COMPILE": "0",
+            "DDPM_JOBS_IN_FLIGHT": str(
+                JOBS_IN_FLIGHT
+            ),  # eager: compiling is tested in tests/core/test_compiled.py and test_engine_service.py
             "DDPM_PREVIEW_COUNT": "5",
             "DDPM_GIF_FRAMES": "8",
             "DDPM_PROGRESS_INTERVAL_S": "0",
             "DDPM_HEARTBEAT_S": "0.5",
             "DDPM_STALE_AFTER_S": "4",
+            "DDPM_VISIBILITY_TIMEOUT_S": "5",
             "PYTHONUNBUFFERED": "1",
             "OMP_NUM_THREADS": "1",
         }

@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 import httpx
+import redis
 from PIL import Image
 
-from tests.service.conftest import read_events, wait_job
+from tests.service.conftest import JOBS_IN_FLIGHT, KEY_PREFIX, read_events, wait_job
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -116,24 +117,47 @@ def test_results_are_409_until_finished_and_cancel_stops_a_running_job(client: h
 
 
 def test_cancel_a_queued_job(client: httpx.Client) -> None:
-    blocker = submit(client, n=16, sampler="ddpm", seed=9)
+    blockers = [submit(client, n=16, sampler="ddpm", seed=9 + i) for i in range(JOBS_IN_FLIGHT)]
+    for blocker in blockers:  # the worker holds JOBS_IN_FLIGHT jobs: the next one waits in the queue
+        deadline = time.monotonic() + 30
+        while client.get(f"/jobs/{blocker['id']}").json()["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
     queued = submit(client, n=1, sampler="ddim", steps=10)
     record = client.get(f"/jobs/{queued['id']}").json()
     assert record["status"] == "queued" and record["queue_position"] >= 1
     assert client.delete(f"/jobs/{queued['id']}").json()["status"] == "cancelled"
-    assert client.delete(f"/jobs/{blocker['id']}").status_code == 202
-    assert wait_job(client, blocker["id"])["status"] == "cancelled"
+    for blocker in blockers:
+        assert client.delete(f"/jobs/{blocker['id']}").status_code == 202
+    for blocker in blockers:
+        assert wait_job(client, blocker["id"])["status"] == "cancelled"
     assert wait_job(client, queued["id"])["status"] == "cancelled"
     events = read_events(client, queued["id"])
     assert [event["event"] for event in events] == ["queued", "cancelled"]
 
 
-def test_torch_lives_only_in_the_pool_process_never_in_the_forking_worker(client: httpx.Client, worker) -> None:
-    # the worker's main process forks pool processes: it must not load torch (nor CUDA) itself
-    job = submit(client, n=1, sampler="ddim", steps=10)
-    assert wait_job(client, job["id"])["status"] == "succeeded"
-    main_maps = Path(f"/proc/{worker.pid}/maps").read_text()
-    assert "libtorch" not in main_maps
-    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
-    assert children, "the worker has no pool process"
-    assert any("libtorch" in Path(f"/proc/{child}/maps").read_text() for child in children)
+def test_one_worker_process_runs_several_jobs_at_once_in_shared_forwards(
+    client: httpx.Client, worker, redis_server
+) -> None:
+    jobs = [submit(client, digit=digit, n=2, sampler="ddim", steps=40, seed=digit) for digit in range(3)]
+    seen_together = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        statuses = [client.get(f"/jobs/{job['id']}").json()["status"] for job in jobs]
+        seen_together = max(seen_together, statuses.count("running"))
+        if all(status == "succeeded" for status in statuses):
+            break
+        time.sleep(0.02)
+    assert seen_together >= 2, "the jobs ran one after another"
+    assert all(wait_job(client, job["id"])["status"] == "succeeded" for job in jobs)
+    # one process: a thread pool, no forked pool processes; its engine batched rows of several jobs
+    assert Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split() == []
+    assert "libtorch" in Path(f"/proc/{worker.pid}/maps").read_text()
+    store = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    (name,) = store.zrange(f"{KEY_PREFIX}:workers", 0, -1)
+    deadline = time.monotonic() + 10
+    while not store.hget(f"{KEY_PREFIX}:worker-stats:{name}", "rows"):
+        assert time.monotonic() < deadline, "the worker reports no engine counters"
+        time.sleep(0.2)
+    stats = store.hgetall(f"{KEY_PREFIX}:worker-stats:{name}")
+    assert int(stats["rows"]) > int(stats["ticks"])  # more than one row per forward on average

@@ -34,11 +34,13 @@ def serve_env(**extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("DDPM_") and key != "REDIS_URL"}
     env.update(
         DDPM_TORCH_THREADS="1",
+        DDPM_COMPILE="0",
         DDPM_GIF_FRAMES="6",
         DDPM_PREVIEW_COUNT="3",
         DDPM_HEARTBEAT_S="0.5",
         DDPM_WORKER_DEAD_AFTER_S="3",
         DDPM_STALE_AFTER_S="4",
+        DDPM_VISIBILITY_TIMEOUT_S="5",
         PYTHONUNBUFFERED="1",
         OMP_NUM_THREADS="1",
     )
