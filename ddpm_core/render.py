@@ -30,9 +30,16 @@ def grid_columns(count: int) -> int:
     return max(1, math.ceil(math.sqrt(count)))
 
 
-def make_grid(samples: torch.Tensor, columns: int | None = None, padding: int = 2, scale: int = 1) -> np.ndarray:
-    """Tile images (B, C, H, W) in [-1, 1] into one (rows, columns) grid, uint8 (H', W', C)."""
-    images = to_uint8_images(samples)
+def make_grid(
+    samples: torch.Tensor | np.ndarray, columns: int | None = None, padding: int = 2, scale: int = 1
+) -> np.ndarray:
+    """Tile images into one (rows, columns) grid, uint8 (H', W', C).
+
+    ``samples`` is a tensor (B, C, H, W) in [-1, 1], or host images already converted by
+    :func:`to_uint8_images`, uint8 (B, H, W, C): a thread that must not run torch ops (they
+    would start a thread pool of their own beside the one doing the sampling) passes those.
+    """
+    images = samples if isinstance(samples, np.ndarray) else to_uint8_images(samples)
     count, height, width, channels = images.shape
     columns = columns or grid_columns(count)
     rows = math.ceil(count / columns)

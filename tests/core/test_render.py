@@ -43,3 +43,15 @@ def test_gif_decodes_with_expected_frames():
         spread = torch.linspace(-1, 1, 5)[:, None] * step / 10 * torch.ones(5, 2)
         points(StepInfo(step, 10, 10 - step, spread, spread))
     assert Image.open(io.BytesIO(gif_bytes(points.frames))).n_frames == 5
+
+
+def test_a_grid_from_host_uint8_images_equals_the_grid_from_the_tensor() -> None:
+    import numpy as np
+    import torch
+
+    from ddpm_core.render import make_grid, to_uint8_images
+
+    samples = torch.rand(5, 1, 28, 28) * 2 - 1
+    host = to_uint8_images(samples)
+    assert host.dtype == np.uint8 and host.shape == (5, 28, 28, 1)
+    assert np.array_equal(make_grid(host, scale=2), make_grid(samples, scale=2))
