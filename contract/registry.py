@@ -43,11 +43,16 @@ class ModelInfo(BaseModel):
 
 
 class ModelRegistry:
-    """Finds checkpoints by name; header reads and hashes are cached by (path, mtime, size)."""
+    """Finds checkpoints by name, at every call: a file added to the model directory is offered
+    at once, and a replaced one is read again (header reads and hashes are cached by the file's
+    inode, size and modification time in nanoseconds, so a rename onto the name always shows).
+
+    Publish a checkpoint by writing it under another name and renaming it into place: a file
+    being written is never offered, because its header's tensors do not cover its bytes yet."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._cache: dict[Path, tuple[tuple[float, int], ModelInfo]] = {}
+        self._cache: dict[Path, tuple[tuple[int, int, int], ModelInfo]] = {}
         self._skipped: set[tuple[Path, float]] = set()  # unusable files, logged once
         self._lock = threading.Lock()
 
@@ -95,7 +100,7 @@ class ModelRegistry:
             stat = path.stat()
         except OSError:
             raise UnknownModel(f"model {name!r} cannot be read") from None
-        key = (stat.st_mtime, stat.st_size)
+        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         with self._lock:
             cached = self._cache.get(path)
             if cached is not None and cached[0] == key:

@@ -59,7 +59,11 @@ class Settings(BaseSettings):
     jobs_in_flight: int = Field(16, ge=1, le=1024)  # jobs one worker process holds at once (its Celery threads)
     max_batch: int | None = Field(None, ge=1)  # rows per batched forward; None: 64 on CPU, 256 on CUDA
     compile: bool = True  # torch.compile the forward (buckets warmed before the worker reports ready)
+    max_loaded_models: int = Field(4, ge=1)  # models (with their engines) a worker keeps; idle ones go first
     max_job_s: int = Field(2 * 3600, ge=1)
+    # the per-digit check: the evaluation classifier's file; None: mnist_classifier.safetensors in
+    # the model directory; an empty string turns the check off
+    classifier: str | None = None
     # a task message not acknowledged this long is delivered again: the task is idempotent (a
     # live job's duplicate is skipped), so a message a dead worker had taken but not yet run is
     # not stranded
@@ -89,6 +93,13 @@ class Settings(BaseSettings):
             default_ddim_steps=self.default_ddim_steps,
             max_guidance=self.max_guidance,
         )
+
+    @property
+    def classifier_path(self) -> Path | None:
+        """The classifier file of the per-digit check, or None when the check is off."""
+        if self.classifier is None:
+            return Path(self.model_dir) / "mnist_classifier.safetensors"
+        return Path(self.classifier) if self.classifier.strip() else None
 
     @property
     def cors_origin_list(self) -> list[str]:

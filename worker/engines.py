@@ -19,6 +19,7 @@ from worker.engine import Engine, EngineStats
 from worker.models import ModelCache
 
 logger = logging.getLogger(__name__)
+IDLE_BEFORE_EVICTION_S = 60.0
 
 
 class EnginePool:
@@ -28,6 +29,7 @@ class EnginePool:
         self.models = models
         self.settings = settings
         self._engines: dict[str, Engine] = {}
+        self._last_used: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def for_spec(self, spec: JobSpec) -> tuple[LoadedCheckpoint, Engine]:
@@ -38,7 +40,30 @@ class EnginePool:
             if engine is None:
                 engine = self._build(spec.model, loaded)
                 self._engines[loaded.weights_sha256] = engine
+            self._last_used[loaded.weights_sha256] = time.monotonic()
+            self._evict_idle()
         return loaded, engine
+
+    def _evict_idle(self) -> None:
+        """Past ``max_loaded_models``, close the least recently used engines that hold no job
+        and were not asked for in the last minute (a model replaced on disk leaves its old
+        weights here until then: jobs queued for them still run on them)."""
+        excess = len(self._engines) - self.settings.max_loaded_models
+        if excess <= 0:
+            return
+        now = time.monotonic()
+        for weights in sorted(self._engines, key=self._last_used.__getitem__):
+            if excess <= 0:
+                break
+            engine = self._engines[weights]
+            stats = engine.stats()
+            if stats.running or stats.queued or now - self._last_used[weights] < IDLE_BEFORE_EVICTION_S:
+                continue
+            engine.close(drain=False, timeout=10)
+            del self._engines[weights], self._last_used[weights]
+            self.models.forget(weights)
+            logger.info("unloaded model weights %s (idle; %d models loaded)", weights[:12], len(self._engines))
+            excess -= 1
 
     def _build(self, name: str, loaded: LoadedCheckpoint) -> Engine:
         engine = Engine.from_checkpoint(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING
@@ -19,6 +20,10 @@ if TYPE_CHECKING:
     from worker.engine import EngineStats
 
 logger = logging.getLogger(__name__)
+
+
+class _Settling(Exception):
+    """Housekeeping skips judging jobs while heartbeats resume after a Redis outage."""
 
 
 class JobHeartbeat(threading.Thread):
@@ -60,12 +65,18 @@ class WorkerHousekeeping(threading.Thread):
     def run(self) -> None:
         store = JobStore(self.settings)
         interval = min(self.settings.heartbeat_s, self.settings.worker_dead_after_s / 3)
+        # after Redis was unreachable, every heartbeat is old: judge no job abandoned until the
+        # workers and their jobs have had time to beat again
+        settle_s = 2 * max(self.settings.heartbeat_s, interval) + 1
+        judge_after = 0.0
         while True:
             try:
                 store.worker_alive(self.worker)
                 stats = self.engine_stats() if self.engine_stats is not None else None
                 if stats is not None:
                     store.worker_stats(self.worker, _stats_fields(stats))
+                if time.monotonic() < judge_after:
+                    raise _Settling
                 for record in store.requeue_abandoned():
                     logger.warning("job %s lost its worker %s; queueing it again", record.id, record.worker)
                     self.resend(record.id, record.spec)
@@ -77,8 +88,11 @@ class WorkerHousekeeping(threading.Thread):
                     )
                     self.resend(record.id, record.spec)
                 store.prune_queue()
+            except _Settling:
+                pass
             except Exception as error:
                 logger.warning("housekeeping failed: %s", error)
+                judge_after = time.monotonic() + settle_s
             if self.stopped.wait(interval):
                 break
         with contextlib.suppress(Exception):  # Redis may already be gone at shutdown

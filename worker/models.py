@@ -16,6 +16,7 @@ import torch
 from contract.registry import ModelRegistry, UnknownModel
 from contract.spec import JobSpec
 from ddpm_core.checkpoint import LoadedCheckpoint, load_checkpoint
+from worker.store import MODEL_LOADS, ModelLoads
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +28,10 @@ class SpecMismatch(Exception):
 class ModelCache:
     """Loaded checkpoints of one worker process (thread-safe)."""
 
-    def __init__(self, registry: ModelRegistry, device: torch.device) -> None:
+    def __init__(self, registry: ModelRegistry, device: torch.device, loads: ModelLoads = MODEL_LOADS) -> None:
         self.registry = registry
         self.device = device
+        self.loads = loads  # load times, for the worker's next report (the model-load metric)
         self._loaded: dict[str, LoadedCheckpoint] = {}
         self._lock = threading.Lock()
 
@@ -46,15 +48,18 @@ class ModelCache:
             loaded = load_checkpoint(info.path, device=self.device)
             if loaded.weights_sha256 != spec.weights_sha256:  # replaced while we read it
                 raise SpecMismatch(_changed(spec, loaded.weights_sha256))
+            seconds = time.perf_counter() - started
             self._loaded[loaded.weights_sha256] = loaded
+            self.loads.add(spec.model, seconds)
             logger.info(
-                "loaded model %s (%s) on %s in %.2f s",
-                spec.model,
-                loaded.weights_sha256[:12],
-                self.device,
-                time.perf_counter() - started,
+                "loaded model %s (%s) on %s in %.2f s", spec.model, loaded.weights_sha256[:12], self.device, seconds
             )
             return loaded
+
+    def forget(self, weights_sha256: str) -> None:
+        """Drop a loaded model (its engine was closed)."""
+        with self._lock:
+            self._loaded.pop(weights_sha256, None)
 
 
 def _changed(spec: JobSpec, found: str) -> str:
