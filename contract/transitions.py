@@ -17,6 +17,12 @@ have lost it (a worker can die between taking a message from Redis and recording
 unacknowledged): ``resend`` marks it sent again so that exactly one caller re-publishes it. A
 duplicate message is harmless: ``claim`` lets only one run.
 
+The scripts also keep the service's counters and histograms (:mod:`contract.metrics`), in the
+same atomic step as the change they count: ``create`` counts a job submitted, ``finish`` and a
+queued job's ``cancel`` count it succeeded, failed or cancelled and observe its POST-to-finish
+and queue-wait seconds (from the job's ``created_at`` and ``started_at``), ``requeue`` counts a
+job queued again. A transition refused (0, -1, a finished job) counts nothing.
+
 A running job is *abandoned* when its heartbeat is older than the stale window, or when the
 worker that claimed it has not reported for ``worker_dead_after_s`` (a killed worker's job is
 taken over within seconds, not after the whole stale window).
@@ -30,6 +36,7 @@ from __future__ import annotations
 from typing import Any
 
 from contract.layout import JobStatus, Keys, event_data, new_job_fields
+from contract.metrics import OBSERVE_LUA, MetricKeys
 from contract.spec import JobSpec
 
 _ABANDONED = """
@@ -44,8 +51,8 @@ local function abandoned(job_key, workers_key, now, stale, dead_after)
 end
 """
 
-# KEYS: job, queue, events. ARGV: now, ttl, max_queue, job id, event data, field, value, ...
-# -> queue position (>= 1), 0 when the queue is full, -1 when the id exists.
+# KEYS: job, queue, events, job counters. ARGV: now, ttl, max_queue, job id, event data, field,
+# value, ... -> queue position (>= 1), 0 when the queue is full, -1 when the id exists.
 CREATE_LUA = """
 local now, ttl, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
@@ -55,6 +62,7 @@ redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], now, ARGV[4])
 redis.call('XADD', KEYS[3], '*', 'event', 'queued', 'data', ARGV[5])
 redis.call('EXPIRE', KEYS[3], ttl)
+redis.call('HINCRBY', KEYS[4], 'submitted', 1)
 return redis.call('ZCOUNT', KEYS[2], now - ttl, now)
 """
 
@@ -84,12 +92,27 @@ return attempt
 """
 )
 
-# KEYS: job, queue, running, events. ARGV: now, ttl, status, event data, job id, field, value, ...
-# -> 1 done, 0 already ended, -1 no job.
-FINISH_LUA = """
+# The seconds from a job's submission to now, and to the start of its run (to now when it is
+# queued: it never started, or its worker died and it waits again). Before its status changes.
+_DURATIONS = """
+local function durations(job_key, status, now)
+  local created = tonumber(redis.call('HGET', job_key, 'created_at') or '') or now
+  local began = now
+  if status == 'running' then began = tonumber(redis.call('HGET', job_key, 'started_at') or '') or now end
+  return now - created, began - created
+end
+"""
+
+# KEYS: job, queue, running, events, job counters, job seconds, queue-wait seconds. ARGV: now,
+# ttl, status, event data, job id, field, value, ... -> 1 done, 0 already ended, -1 no job.
+FINISH_LUA = (
+    OBSERVE_LUA
+    + _DURATIONS
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 if status ~= 'queued' and status ~= 'running' then return 0 end
+local total, waited = durations(KEYS[1], status, tonumber(ARGV[1]))
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished_at', ARGV[1])
 if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
 redis.call('ZREM', KEYS[2], ARGV[5])
@@ -97,25 +120,38 @@ redis.call('SREM', KEYS[3], ARGV[5])
 redis.call('XADD', KEYS[4], '*', 'event', ARGV[3], 'data', ARGV[4])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 redis.call('EXPIRE', KEYS[4], tonumber(ARGV[2]))
+redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
+observe(KEYS[6], ARGV[3] .. ':', total)
+observe(KEYS[7], '', waited)
 return 1
 """
+)
 
-# KEYS: job, queue, events. ARGV: now, ttl, job id -> the status after the request (a running
-# job keeps running until its next step), or nil when there is no job.
-CANCEL_LUA = """
+# KEYS: job, queue, events, job counters, job seconds, queue-wait seconds. ARGV: now, ttl, job id
+# -> the status after the request (a running job keeps running until its next step), or nil
+# when there is no job.
+CANCEL_LUA = (
+    OBSERVE_LUA
+    + _DURATIONS
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 if status ~= 'queued' and status ~= 'running' then return status end
 redis.call('HSET', KEYS[1], 'cancel', '1')
 if status == 'running' then return status end
+local total, waited = durations(KEYS[1], status, tonumber(ARGV[1]))
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[3])
 redis.call('XADD', KEYS[3], '*', 'event', 'cancelled', 'data', cjson.encode({status = 'cancelled', step = 0}))
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
+redis.call('HINCRBY', KEYS[4], 'cancelled', 1)
+observe(KEYS[5], 'cancelled:', total)
+observe(KEYS[6], '', waited)
 return 'cancelled'
 """
+)
 
-# KEYS: job, queue, running, events, workers. ARGV: now, stale, dead_after, job id
+# KEYS: job, queue, running, events, workers, job counters. ARGV: now, stale, dead_after, job id
 # -> 1 queued again, 0 not abandoned (or no longer running).
 REQUEUE_LUA = (
     _ABANDONED
@@ -131,6 +167,7 @@ redis.call('SREM', KEYS[3], ARGV[4])
 redis.call('ZADD', KEYS[2], tonumber(redis.call('HGET', KEYS[1], 'created_at') or ARGV[1]), ARGV[4])
 redis.call('XADD', KEYS[4], '*', 'event', 'queued', 'data',
            cjson.encode({status = 'queued', requeued = true, reason = 'its worker stopped'}))
+redis.call('HINCRBY', KEYS[6], 'requeued', 1)
 return 1
 """
 )
@@ -156,6 +193,7 @@ class Transitions:
 
     def __init__(self, client: Any, keys: Keys) -> None:
         self.keys = keys
+        self.metrics = MetricKeys(keys.prefix)
         self._create = client.register_script(CREATE_LUA)
         self._claim = client.register_script(CLAIM_LUA)
         self._finish = client.register_script(FINISH_LUA)
@@ -170,7 +208,7 @@ class Transitions:
         fields = [item for pair in new_job_fields(spec, now).items() for item in pair]
         data = event_data({"status": "queued", "job": job_id})
         return self._create(
-            keys=[k.job(job_id), k.queue, k.events(job_id)],
+            keys=[k.job(job_id), k.queue, k.events(job_id), self.metrics.jobs],
             args=[repr(now), ttl_s, max_queue, job_id, data, *fields],
         )
 
@@ -199,23 +237,26 @@ class Transitions:
         """End a queued or running job with a terminal ``status``; 1 done, 0 already ended."""
         if not status.terminal:
             raise ValueError(f"{status.value} is not a terminal status")
-        k = self.keys
+        k, m = self.keys, self.metrics
         extra = [str(item) for pair in fields.items() for item in pair]
         return self._finish(
-            keys=[k.job(job_id), k.queue, k.running, k.events(job_id)],
+            keys=[k.job(job_id), k.queue, k.running, k.events(job_id), m.jobs, m.job_seconds, m.queue_wait_seconds],
             args=[repr(now), ttl_s, status.value, event_data({"status": status.value, **data}), job_id, *extra],
         )
 
     def cancel(self, job_id: str, *, now: float, ttl_s: int) -> Any:
         """Cancel a queued job, or flag a running one; the status after, or None."""
-        k = self.keys
-        return self._cancel(keys=[k.job(job_id), k.queue, k.events(job_id)], args=[repr(now), ttl_s, job_id])
+        k, m = self.keys, self.metrics
+        return self._cancel(
+            keys=[k.job(job_id), k.queue, k.events(job_id), m.jobs, m.job_seconds, m.queue_wait_seconds],
+            args=[repr(now), ttl_s, job_id],
+        )
 
     def requeue(self, job_id: str, *, now: float, stale_after_s: float, worker_dead_after_s: float) -> Any:
         """Put an abandoned running job back in the queue; 1 done, 0 not abandoned."""
         k = self.keys
         return self._requeue(
-            keys=[k.job(job_id), k.queue, k.running, k.events(job_id), k.workers],
+            keys=[k.job(job_id), k.queue, k.running, k.events(job_id), k.workers, self.metrics.jobs],
             args=[repr(now), repr(stale_after_s), repr(worker_dead_after_s), job_id],
         )
 

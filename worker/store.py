@@ -4,7 +4,9 @@ layout and transitions. Torch-free."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from typing import Any
 
 import redis
@@ -13,6 +15,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from contract.layout import JobRecord, JobStatus, Keys, event_data, new_job_fields
+from contract.metrics import MODEL_LOAD_BUCKETS, MetricKeys, observation
 from contract.settings import Settings
 from contract.spec import JobSpec
 from contract.transitions import Transitions
@@ -25,6 +28,35 @@ RETRYING = {
     "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
     "socket_connect_timeout": 2,
 }
+
+
+class ModelLoads:
+    """Model load times of this process that wait for the worker's next report (thread-safe).
+
+    :class:`worker.models.ModelCache` adds one per checkpoint it loads; the worker's
+    housekeeping writes them to Redis with its stats (:meth:`JobStore.worker_stats`), so loading
+    a model never waits for Redis."""
+
+    def __init__(self, keep: int = 256) -> None:
+        self._pending: deque[tuple[str, float]] = deque(maxlen=keep)
+        self._lock = threading.Lock()
+
+    def add(self, model: str, seconds: float) -> None:
+        with self._lock:
+            self._pending.append((model, seconds))
+
+    def take(self) -> list[tuple[str, float]]:
+        with self._lock:
+            taken = list(self._pending)
+            self._pending.clear()
+        return taken
+
+    def put_back(self, loads: list[tuple[str, float]]) -> None:
+        with self._lock:
+            self._pending.extendleft(reversed(loads))
+
+
+MODEL_LOADS = ModelLoads()
 
 
 class Claim:
@@ -50,8 +82,10 @@ class JobStore:
         self.client = client or redis.Redis.from_url(settings.redis_url, decode_responses=True, **RETRYING)
         self.raw = redis.Redis.from_url(settings.redis_url, **RETRYING)
         self.keys = Keys(settings.key_prefix)
+        self.metrics = MetricKeys(settings.key_prefix)
         self.ttl_s = settings.result_ttl_s
         self.transitions = Transitions(self.client, self.keys)
+        self._last_report: dict[str, tuple[float, float]] = {}  # worker -> (monotonic time, job steps)
 
     # ------------------------------------------------------------------ records
     def get(self, job_id: str) -> JobRecord | None:
@@ -140,13 +174,40 @@ class JobStore:
         self.client.zrem(self.keys.workers, name)
         self.client.delete(self.keys.worker_stats(name))
 
-    def worker_stats(self, name: str, fields: dict[str, str]) -> None:
-        """The worker's engine counters, kept while it reports."""
+    def worker_stats(self, name: str, fields: dict[str, str], loads: ModelLoads = MODEL_LOADS) -> None:
+        """The worker's engine counters, kept while it reports, with ``steps_per_second`` (job
+        steps per second since its previous report); and the model loads since then, in each
+        model's load histogram and as ``model_load_seconds:{model}`` (the latest load)."""
+        fields = dict(fields)
+        now = time.monotonic()
+        steps = float(fields.get("job_steps") or 0)
+        previous = self._last_report.get(name)
+        rate = 0.0
+        if previous is not None and now > previous[0] and steps >= previous[1]:
+            rate = (steps - previous[1]) / (now - previous[0])
+        fields["steps_per_second"] = repr(rate)
+        taken = loads.take()
+        for model, seconds in taken:
+            fields[f"model_load_seconds:{model}"] = repr(seconds)
         key = self.keys.worker_stats(name)
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(key, mapping=fields)
         pipe.expire(key, max(60, int(4 * self.settings.worker_dead_after_s)))
-        pipe.execute()
+        for model, seconds in taken:
+            histogram = self.metrics.model_load(model)
+            pipe.sadd(self.metrics.models, model)
+            for field, increment in observation(seconds, MODEL_LOAD_BUCKETS).items():
+                if isinstance(increment, float):  # the sum
+                    pipe.hincrbyfloat(histogram, field, increment)
+                else:
+                    pipe.hincrby(histogram, field, increment)
+            pipe.hset(histogram, "last", repr(seconds))
+        try:
+            pipe.execute()
+        except Exception:
+            loads.put_back(taken)  # the next report writes them
+            raise
+        self._last_report[name] = (now, steps)
 
     def prune_queue(self) -> int:
         """Drop queue entries older than the time to live (their jobs have expired)."""
