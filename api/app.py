@@ -22,7 +22,7 @@ from redis.backoff import ExponentialBackoff
 
 from api.errors import install_error_handlers
 from api.middleware import AllowedMethods, BodyLimit
-from api.routes import events, generate, jobs, page, system
+from api.routes import events, generate, jobs, metrics, page, system
 from api.store import AsyncJobStore
 from contract.registry import ModelRegistry
 from contract.settings import Settings, get_settings
@@ -49,6 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, **options)
         raw = aioredis.Redis.from_url(settings.redis_url, **options)
         app.state.store = AsyncJobStore(client, raw, settings.key_prefix, settings.result_ttl_s)
+        app.state.metrics = metrics.MetricsStore(
+            client, settings.key_prefix, settings.result_ttl_s, settings.worker_dead_after_s
+        )
         app.state.celery = make_celery(settings)  # sends tasks by name; includes no task module
         logger.info("API using Redis at %s and models in %s", _redacted(settings.redis_url), settings.model_dir)
         try:
@@ -68,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = ModelRegistry(settings)
     install_error_handlers(app)
     app.include_router(generate.build_router(settings.limits))
-    for module in (jobs, events, system, page):
+    for module in (jobs, events, system, metrics, page):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(AllowedMethods, router_app=app)
@@ -81,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Content-Type", "X-API-Key", "Authorization", "Last-Event-ID"],
             expose_headers=["Location", "Retry-After"],
         )
+    app.add_middleware(metrics.RejectionCounter)  # outermost: it sees every refusal, the body limit's too
     return app
 
 
