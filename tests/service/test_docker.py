@@ -140,3 +140,22 @@ def test_images_copy_what_their_dockerignore_lets_through(name: str) -> None:
             for path in arguments.split()[:-1]:
                 assert path in allowed, f"{path} is copied but excluded from the build context"
                 assert (REPO / path).exists()
+
+
+def test_the_metrics_profile_runs_prometheus_scraping_the_api_with_its_key(compose: dict) -> None:
+    prometheus = compose["services"]["prometheus"]
+    assert prometheus["profiles"] == ["metrics"]  # off unless asked for
+    image, tag = prometheus["image"].split(":")
+    assert image == "prom/prometheus" and re.fullmatch(r"v\d+\.\d+\.\d+", tag)  # pinned
+    assert "./docker/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    assert all(str(port).startswith("127.0.0.1:") for port in prometheus["ports"])  # its UI has no login
+    assert prometheus["depends_on"]["api"]["condition"] == "service_healthy"
+    assert "DDPM_API_KEYS" in prometheus["environment"]["PROMETHEUS_API_KEY"]
+    config = yaml.safe_load((REPO / "docker" / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"] == ["api:8000"]
+    assert job["authorization"]["type"] == "Bearer"
+    entrypoint = " ".join(prometheus["entrypoint"])
+    assert f"> {job['authorization']['credentials_file']}" in entrypoint  # the file the key is written to
+    assert "--config.file=/etc/prometheus/prometheus.yml" in entrypoint
+    assert "prometheus-data" in compose["volumes"]
