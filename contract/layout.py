@@ -4,7 +4,9 @@ Per job, each with the result time to live:
 
 * ``{p}:job:{id}`` hash: ``status``, ``spec`` (a :class:`~contract.spec.JobSpec` as JSON),
   ``step``, ``total``, ``created_at`` / ``started_at`` / ``finished_at`` / ``heartbeat_at``
-  / ``sent_at`` (epoch seconds), ``worker``, ``attempts``, ``cancel``, ``error``, ``seconds``;
+  / ``sent_at`` (epoch seconds), ``worker``, ``attempts``, ``cancel``, ``error``, ``seconds``,
+  ``check`` (the per-digit check of the samples, a :class:`DigitCheck` as JSON, written by the
+  worker just before the job succeeds);
 * ``{p}:events:{id}`` stream: entries ``event`` (type) and ``data`` (JSON), ids used as SSE ids;
 * ``{p}:png:{id}``, ``{p}:gif:{id}``: the results.
 
@@ -23,7 +25,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from contract.spec import JobSpec
+
+CHECK_FIELD = "check"
 
 
 class JobStatus(str, Enum):
@@ -79,6 +85,45 @@ class Keys:
         return f"{self.prefix}:worker-stats:{worker}"
 
 
+class SampleCheck(BaseModel):
+    """What the evaluation classifier reads in one final sample."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    index: int = Field(description="the sample's place in the PNG grid: row by row, from 0")
+    digit: int = Field(description="the digit the classifier reads")
+    confidence: float = Field(description="the classifier's softmax probability of that digit")
+    seed: int = Field(description="the seed of the sample shown (request it alone with this seed and n = 1)")
+    matches: bool | None = Field(description="whether it reads as the digit asked for; null without a digit")
+    redrawn: int = Field(
+        0, description="how often it was drawn again (0: the first draw); its seed is seed + n * redrawn + index"
+    )
+
+
+class DigitCheck(BaseModel):
+    """The per-digit check: the evaluation classifier labels every final sample in the PNG's order.
+
+    ``skipped`` says why a job was not checked (no classifier for its model); the other fields are
+    then empty. A mismatch may be the classifier's error as well as the model's."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    skipped: str | None = Field(None, description="why the samples were not checked; null when they were")
+    classifier: str | None = Field(None, description="the classifier's name (its file stem)")
+    classifier_sha256: str | None = Field(None, description="SHA-256 of the classifier file")
+    classifier_test_accuracy: float | None = Field(
+        None, description="the classifier's accuracy on the MNIST test set, as stored in its file"
+    )
+    asked: int | None = Field(None, description="the digit asked for; null for unconditional samples")
+    matches: int | None = Field(None, description="final samples read as the digit asked; null without a digit")
+    first_draw_matches: int | None = Field(None, description="samples of the first draw read as the digit asked")
+    redraw_rounds: int = Field(0, description="redraw rounds the job allowed (0: mismatches are kept)")
+    rounds_run: int = Field(0, description="redraw rounds run")
+    redrawn: int = Field(0, description="samples drawn again at least once")
+    seconds: float | None = Field(None, description="time spent classifying")
+    samples: list[SampleCheck] = Field(default_factory=list, description="one per sample, in the PNG's order")
+
+
 @dataclass(frozen=True)
 class JobRecord:
     """A job as stored: the typed view of its hash."""
@@ -97,6 +142,7 @@ class JobRecord:
     worker: str | None = None
     error: str | None = None
     seconds: float | None = None
+    check: DigitCheck | None = None
 
     @classmethod
     def from_hash(cls, job_id: str, fields: dict[str, str]) -> JobRecord:
@@ -116,6 +162,7 @@ class JobRecord:
             worker=fields.get("worker") or None,
             error=fields.get("error") or None,
             seconds=_float(fields.get("seconds")),
+            check=_check(fields.get(CHECK_FIELD)),
         )
 
 
@@ -139,3 +186,12 @@ def event_data(data: dict[str, Any]) -> str:
 
 def _float(value: str | None) -> float | None:
     return float(value) if value else None
+
+
+def _check(value: str | None) -> DigitCheck | None:
+    if not value:
+        return None
+    try:
+        return DigitCheck.model_validate_json(value)
+    except ValidationError:  # an unreadable check never hides the job
+        return None

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_SEED = 2**63 - 1
+MAX_REDRAW_ROUNDS = 2  # rounds of redrawing the samples the digit check reads as another digit
 Sampler = Literal["ddpm", "ddim"]
 SAMPLERS: tuple[Sampler, ...] = ("ddpm", "ddim")
 
@@ -32,6 +33,13 @@ class JobSpec(BaseModel):
     seed: int = Field(ge=0, le=MAX_SEED, description="base seed: sample i uses seed + i")
     digit: int | None = Field(ge=0, description="the class drawn; None: unconditional")
     n: int = Field(ge=1, description="number of samples")
+    redraw_rounds: int = Field(
+        0,
+        ge=0,
+        le=MAX_REDRAW_ROUNDS,
+        description="rounds of redrawing the samples the digit check reads as another digit (0: none); "
+        "round r draws sample i again with seed + n * r + i",
+    )
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -39,6 +47,10 @@ class JobSpec(BaseModel):
     @classmethod
     def from_json(cls, text: str | bytes) -> JobSpec:
         return cls.model_validate_json(text)
+
+    def sample_seed(self, index: int, redraw_round: int = 0) -> int:
+        """The seed of sample ``index`` as drawn in ``redraw_round`` (0: the first draw, seed + i)."""
+        return (self.seed + self.n * redraw_round + index) % (MAX_SEED + 1)
 
     @property
     def class_labels(self) -> list[int] | None:
