@@ -88,6 +88,8 @@ class EngineRequest:
         eta: DDIM's eta (0: deterministic); must stay 0 for DDPM.
         guidance: classifier-free guidance scale w >= 0 (eps = c + w (c - u)).
         seed: sample i draws its noise from a generator seeded with ``seed + i``.
+        seeds: one seed per sample instead of ``seed`` (sample i uses ``seeds[i]``); its length
+            must be n. A sample drawn with seed s is the sample ``seed=s`` gives alone.
         digit: the class of every sample; None: unconditional.
         labels: one class (or None) per sample instead of ``digit``; its length must be n.
     """
@@ -100,6 +102,7 @@ class EngineRequest:
     seed: int = 0
     digit: int | None = None
     labels: tuple[int | None, ...] | None = None
+    seeds: tuple[int, ...] | None = None
 
     def class_labels(self) -> list[int | None] | None:
         """The per-sample labels for :class:`~ddpm_core.pipeline.Generation`."""
@@ -358,6 +361,8 @@ class Engine:
             raise ValueError("n must be at least 1")
         if request.eta and request.sampler != "ddim":
             raise ValueError("eta is for the ddim sampler only")
+        if request.seeds is not None and len(request.seeds) != request.n:
+            raise ValueError(f"{len(request.seeds)} seeds for {request.n} samples")
         labels = request.class_labels()
         for label in labels or ():
             if label is not None and not 0 <= int(label) < self.num_classes:
@@ -369,7 +374,7 @@ class Engine:
             num_samples=request.n,
             class_labels=labels,
             guidance_scale=request.guidance,
-            seed=request.seed,
+            seed=request.seed if request.seeds is None else [int(seed) for seed in request.seeds],
             device=self.device,
             num_classes=self.num_classes,
             skip_null_unconditional=True,
