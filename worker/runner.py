@@ -1,6 +1,7 @@
 """Running one job's spec on its model's engine: the job's task thread hands the spec to the
-engine, relays the engine's steps to Redis (progress, previews), polls for cancellation, and
-stores the PNG and GIF at the end.
+engine, relays the engine's steps to Redis (progress, previews), polls for cancellation, runs
+the per-digit check (:mod:`worker.check`; redrawn samples go through the same engine), and
+stores the PNG, the GIF and the check at the end.
 
 The engine thread only records what a step leaves behind (a GIF frame, a preview's tensor) in
 the job's :class:`JobChannel`; every Redis write happens on the job's own thread, so a slow
@@ -10,6 +11,7 @@ Redis never holds up the batch. Only worker processes import this module.
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 import queue
 import time
@@ -18,18 +20,28 @@ from pathlib import Path
 import redis.exceptions
 import torch
 
+from contract.layout import CHECK_FIELD, DigitCheck
 from contract.settings import Settings
 from contract.spec import JobSpec
+from ddpm_core.checkpoint import LoadedCheckpoint
 from ddpm_core.errors import GenerationCancelled
 from ddpm_core.pipeline import StepInfo
 from ddpm_core.render import FrameRecorder, ScatterRecorder, gif_bytes, make_grid, png_bytes, scatter_image
-from worker.engine import EngineRequest
+from worker.check import DigitChecker, check_samples, skipped
+from worker.engine import Engine, EngineRequest
 from worker.engines import EnginePool
 from worker.store import JobStore
 
 logger = logging.getLogger(__name__)
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 FINISH_PATIENCE_S = 300.0  # how long a finished job waits for Redis to come back to store its result
+# the check goes into the job's hash only while the job is live (never recreates an expired hash)
+SET_CHECK_LUA = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'queued' and status ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
 
 
 class JobChannel:
@@ -130,11 +142,20 @@ def public_message(error: BaseException, settings: Settings) -> str:
     return message
 
 
-def run_job(settings: Settings, store: JobStore, engines: EnginePool, job_id: str, spec: JobSpec) -> str:
-    """Generate the job's samples exactly as its spec says and store PNG and GIF; the final status.
+def run_job(
+    settings: Settings,
+    store: JobStore,
+    engines: EnginePool,
+    job_id: str,
+    spec: JobSpec,
+    checker: DigitChecker | None = None,
+) -> str:
+    """Generate the job's samples exactly as its spec says, check them with ``checker`` (None:
+    no check) and store PNG, GIF and the check; the final status.
 
     Raises nothing for job errors: they end the job ``failed`` with their message."""
     started = time.perf_counter()
+    check: DigitCheck | None = None
     try:
         loaded, engine = engines.for_spec(spec)
         channel = JobChannel(spec.steps, tuple(loaded.sample_shape) == (2,), settings)
@@ -150,6 +171,8 @@ def run_job(settings: Settings, store: JobStore, engines: EnginePool, job_id: st
                 handle.cancel()
         reporter.publish(channel.take(timeout=0))
         samples = handle.result()  # (n, *shape); raises the job's error
+        if checker is not None:
+            samples, check = digit_check(checker, loaded, engine, spec, samples, store, job_id, cancel)
         grid = scatter_image(samples) if channel.is_points else make_grid(samples, scale=2)
         png, gif = png_bytes(grid), gif_bytes(channel.recorder.frames)
     except GenerationCancelled as cancelled:
@@ -163,9 +186,71 @@ def run_job(settings: Settings, store: JobStore, engines: EnginePool, job_id: st
         _patiently(lambda: store.fail(job_id, message), job_id)
         return "failed"
     seconds = time.perf_counter() - started
+    if check is not None:
+        _patiently(lambda: record_check(store, job_id, check), job_id)
     _patiently(lambda: store.succeed(job_id, png, gif, seconds), job_id)
     logger.info("job %s succeeded in %.2f s (%s, %d steps, n=%d)", job_id, seconds, spec.sampler, spec.steps, spec.n)
     return "succeeded"
+
+
+def digit_check(
+    checker: DigitChecker,
+    loaded: LoadedCheckpoint,
+    engine: Engine,
+    spec: JobSpec,
+    samples: torch.Tensor,
+    store: JobStore,
+    job_id: str,
+    cancel: CancelPoll,
+) -> tuple[torch.Tensor, DigitCheck]:
+    """The job's final samples and their check; redraws run on ``engine`` beside other jobs.
+
+    A classifier that fails leaves the samples unchecked (the job still succeeds, its check
+    says why); a redraw that fails or is cancelled ends the job as the first draw would have."""
+    classifier = checker.for_model(loaded)
+    if isinstance(classifier, str):
+        return samples, skipped(classifier)
+    rounds = itertools.count(1)
+    redraw_errors: list[BaseException] = []
+
+    def redraw(indices: list[int], seeds: list[int]) -> torch.Tensor:
+        round_ = next(rounds)
+        try:
+            store.event(job_id, "redraw", {"round": round_, "samples": indices, "seeds": seeds})
+        except REDIS_ERRORS as error:
+            logger.warning("job %s: redraw event not sent (Redis: %s)", job_id, error)
+        request = EngineRequest(
+            n=len(seeds),
+            sampler=spec.sampler,
+            steps=spec.steps,
+            guidance=spec.guidance,
+            digit=spec.digit,
+            seeds=tuple(seeds),
+        )
+        try:
+            handle = engine.submit(request)
+            while not handle.done():
+                if cancel():
+                    handle.cancel()
+                time.sleep(0.05)
+            return handle.result()
+        except BaseException as error:
+            redraw_errors.append(error)
+            raise
+
+    try:
+        return check_samples(classifier, spec, samples, redraw)
+    except Exception as error:
+        if redraw_errors:
+            raise
+        logger.exception("job %s: the per-digit check failed", job_id)
+        return samples, skipped(f"the check failed: {type(error).__name__}")
+
+
+def record_check(store: JobStore, job_id: str, check: DigitCheck) -> bool:
+    """Write the check into the job's hash, only while the job is queued or running."""
+    script = store.client.register_script(SET_CHECK_LUA)
+    return int(script(keys=[store.keys.job(job_id)], args=[CHECK_FIELD, check.model_dump_json()])) == 1
 
 
 def _patiently(finish, job_id: str) -> None:

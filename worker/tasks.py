@@ -37,12 +37,19 @@ def _process_state() -> tuple[JobStore, Any]:
     with _state_lock:
         if "engines" not in _state:
             from ddpm_core.device import pick_device
+            from worker.check import DigitChecker
             from worker.engines import EnginePool
             from worker.models import ModelCache
 
             settings = get_settings()
-            models = ModelCache(ModelRegistry(settings), pick_device(settings.device))
-            _state.update(store=JobStore(settings), engines=EnginePool(models, settings))
+            device = pick_device(settings.device)
+            models = ModelCache(ModelRegistry(settings), device)
+            _state.update(
+                store=JobStore(settings),
+                engines=EnginePool(models, settings),
+                # the per-digit check's classifier: loaded once, by the first job it can check
+                checker=DigitChecker(settings.classifier_path, device),
+            )
         return _state["store"], _state["engines"]
 
 
@@ -69,7 +76,7 @@ def generate_task(self, job_id: str, spec: dict[str, Any]) -> str:
     beat = JobHeartbeat(store, job_id, settings.heartbeat_s)
     beat.start()
     try:
-        return run_job(settings, store, engines, job_id, job_spec)
+        return run_job(settings, store, engines, job_id, job_spec, checker=_state["checker"])
     finally:
         beat.stop()
 

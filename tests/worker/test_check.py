@@ -1,0 +1,228 @@
+"""The per-digit check (worker/check.py): which models it judges, how it reads samples (as the
+PNG shows them), and the bounded redraw rounds with their reported seeds; the engine draws one
+seed per sample; the check lands in a live job's hash only."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import redis
+import torch
+
+from contract.layout import CHECK_FIELD, DigitCheck, JobRecord, Keys, new_job_fields
+from contract.settings import Settings
+from contract.spec import MAX_REDRAW_ROUNDS, JobSpec
+from ddpm_core.checkpoint import load_checkpoint
+from ddpm_core.evaluation.classifier import classify
+from ddpm_core.render import to_uint8_images
+from serve.redis_server import EmbeddedRedis
+from worker import check as check_module
+from worker.check import DigitChecker, check_samples
+from worker.engine import Engine, EngineRequest
+from worker.runner import record_check
+from worker.store import JobStore
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "checkpoints" / "mnist.safetensors"
+CLASSIFIER = REPO / "checkpoints" / "mnist_classifier.safetensors"
+MNIST = SimpleNamespace(dataset="mnist", sample_shape=(1, 28, 28), num_classes=10)
+
+
+def spec_of(**overrides) -> JobSpec:
+    fields = dict(model="mnist", weights_sha256="ab" * 32, sampler="ddim", steps=10, guidance=0.5, seed=100)
+    fields.update(digit=3, n=4)
+    fields.update(overrides)
+    return JobSpec(**fields)
+
+
+# ------------------------------------------------------------------ which models are checked
+
+
+def test_only_models_the_classifier_can_judge_are_checked(tmp_path: Path) -> None:
+    assert DigitChecker(None).for_model(MNIST) == "the per-digit check is off (DDPM_CLASSIFIER is empty)"
+    checker = DigitChecker(CLASSIFIER)
+    board = SimpleNamespace(dataset="checkerboard", sample_shape=(2,), num_classes=0)
+    assert checker.for_model(board) == "no classifier for dataset 'checkerboard'"
+    rgb = SimpleNamespace(dataset="mnist", sample_shape=(3, 28, 28), num_classes=10)
+    assert checker.for_model(rgb) == "no classifier for samples of shape (3, 28, 28)"
+    five = SimpleNamespace(dataset="mnist", sample_shape=(1, 28, 28), num_classes=5)
+    assert checker.for_model(five) == "no classifier for 5 classes (the classifier has 10)"
+    classifier = checker.for_model(MNIST)
+    assert not isinstance(classifier, str)
+    assert (classifier.name, classifier.test_accuracy) == ("mnist_classifier", 0.9943)  # from the file's metadata
+    unconditional = SimpleNamespace(dataset="mnist", sample_shape=(1, 28, 28), num_classes=0)
+    assert checker.for_model(unconditional) is classifier  # labels, no matches
+
+    missing = DigitChecker(tmp_path / "nowhere.safetensors")
+    assert missing.for_model(MNIST) == "no classifier file nowhere.safetensors"  # no server path
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a classifier")
+    assert DigitChecker(broken).for_model(MNIST) == "the classifier broken.safetensors cannot be loaded"
+
+
+def test_the_classifier_loads_once_per_process_and_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = check_module.load_classifier
+    monkeypatch.setattr(check_module, "load_classifier", lambda path: calls.append(path) or real(path))
+    checker = DigitChecker(CLASSIFIER)
+    assert calls == []  # nothing loads before a job needs it
+    board = SimpleNamespace(dataset="checkerboard", sample_shape=(2,), num_classes=0)
+    checker.for_model(board)
+    assert calls == []  # nor for a model it cannot judge
+    first = checker.for_model(MNIST)
+    assert checker.for_model(MNIST) is first and calls == [CLASSIFIER]
+
+
+def test_the_setting_names_the_classifier() -> None:
+    assert Settings(model_dir=Path("/m")).classifier_path == Path("/m/mnist_classifier.safetensors")
+    assert Settings(classifier="/c/other.safetensors").classifier_path == Path("/c/other.safetensors")
+    assert Settings(classifier="").classifier_path is None
+
+
+# ------------------------------------------------------------------ redraw rounds (a stub classifier)
+
+
+class StubClassifier:
+    """Reads the digit a constant sample encodes: value = digit / 4.5 - 1."""
+
+    name, sha256, test_accuracy = "stub", "0" * 64, None
+
+    def read(self, samples: torch.Tensor) -> tuple[list[int], list[float]]:
+        return [round((float(sample.flatten()[0]) + 1) * 4.5) for sample in samples], [0.5] * len(samples)
+
+
+def drawn(digits: list[int]) -> torch.Tensor:
+    return torch.stack([torch.full((1, 28, 28), digit / 4.5 - 1) for digit in digits])
+
+
+def test_mismatches_are_redrawn_in_bounded_rounds_with_new_seeds() -> None:
+    spec = spec_of(digit=3, n=4, seed=100, redraw_rounds=2)
+    by_seed = {105: 3, 107: 1, 111: 9}  # round r draws sample i with seed + n * r + i
+    calls = []
+
+    def redraw(indices: list[int], seeds: list[int]) -> torch.Tensor:
+        calls.append((indices, seeds))
+        return drawn([by_seed[seed] for seed in seeds])
+
+    samples, check = check_samples(StubClassifier(), spec, drawn([3, 5, 3, 7]), redraw)
+    assert calls == [([1, 3], [105, 107]), ([3], [111])]  # round 2 only redraws what round 1 left wrong
+    assert [sample.digit for sample in check.samples] == [3, 3, 3, 9]
+    assert StubClassifier().read(samples)[0] == [3, 3, 3, 9]  # the final samples are the redrawn ones
+    assert [sample.seed for sample in check.samples] == [100, 105, 102, 111]
+    assert [sample.redrawn for sample in check.samples] == [0, 1, 0, 2]
+    assert [sample.matches for sample in check.samples] == [True, True, True, False]
+    assert (check.matches, check.first_draw_matches, check.rounds_run, check.redrawn) == (3, 2, 2, 2)
+    assert check.asked == 3 and check.redraw_rounds == MAX_REDRAW_ROUNDS and check.skipped is None
+    assert [sample.index for sample in check.samples] == [0, 1, 2, 3]
+
+
+def test_redrawing_stops_after_the_last_round_and_when_all_match() -> None:
+    spec = spec_of(digit=2, n=3, seed=7, redraw_rounds=2)
+    calls = []
+
+    def never_right(indices: list[int], seeds: list[int]) -> torch.Tensor:
+        calls.append(seeds)
+        return drawn([8] * len(seeds))
+
+    _, check = check_samples(StubClassifier(), spec, drawn([8, 8, 8]), never_right)
+    assert calls == [[10, 11, 12], [13, 14, 15]]  # exactly MAX_REDRAW_ROUNDS rounds, then the samples stay
+    assert [sample.seed for sample in check.samples] == [13, 14, 15]
+    assert check.matches == 0 and check.rounds_run == 2 and check.redrawn == 3
+
+    _, check = check_samples(StubClassifier(), spec, drawn([2, 2, 2]), never_right)
+    assert len(calls) == 2 and check.rounds_run == 0 and check.matches == 3  # nothing to redraw
+
+    _, check = check_samples(StubClassifier(), spec_of(digit=2, n=3), drawn([8, 2, 8]), never_right)
+    assert len(calls) == 2 and check.redraw_rounds == 0 and check.matches == 1  # not asked: mismatches stay
+
+    _, check = check_samples(StubClassifier(), spec_of(digit=None, n=3, redraw_rounds=2), drawn([8, 2, 1]), never_right)
+    assert len(calls) == 2  # unconditional: labels only
+    assert check.asked is None and check.matches is None and check.first_draw_matches is None
+    assert [(sample.digit, sample.matches) for sample in check.samples] == [(8, None), (2, None), (1, None)]
+
+
+def test_seeds_wrap_like_the_generators() -> None:
+    spec = spec_of(seed=2**63 - 2, n=4)
+    assert [spec.sample_seed(i) for i in range(4)] == [2**63 - 2, 2**63 - 1, 0, 1]
+    assert spec.sample_seed(1, 2) == (2**63 - 2 + 8 + 1) % 2**63
+
+
+# ------------------------------------------------------------------ the real classifier and engine
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    loaded = load_checkpoint(SHIPPED, device="cpu")
+    with Engine.from_checkpoint(loaded, compile=False) as engine:
+        yield engine
+
+
+def test_the_engine_draws_one_seed_per_sample(engine: Engine) -> None:
+    request = dict(n=4, sampler="ddim", steps=10, guidance=0.5, digit=3)
+    first = engine.submit(EngineRequest(seed=100, **request)).result()
+    again = engine.submit(EngineRequest(**{**request, "n": 2}, seeds=(102, 100))).result()
+    torch.testing.assert_close(again, first[[2, 0]], atol=1e-4, rtol=0)  # sample i of seed s is seed s + i's
+    with pytest.raises(ValueError, match="1 seeds for 2 samples"):
+        engine.submit(EngineRequest(**{**request, "n": 2}, seeds=(1,)))
+
+
+def test_the_shipped_classifier_reads_the_shipped_models_digits_as_the_png_shows_them(engine: Engine) -> None:
+    classifier = DigitChecker(CLASSIFIER).for_model(MNIST)
+    spec = spec_of(digit=3, n=4, seed=100)
+    samples = engine.submit(EngineRequest(n=4, sampler="ddim", steps=10, guidance=0.5, seed=100, digit=3)).result()
+    started = time.perf_counter()
+    kept, check = check_samples(classifier, spec, samples)
+    elapsed = time.perf_counter() - started
+    assert kept is samples and check.rounds_run == 0
+    labels, _ = classify(classifier.model.cpu(), to_uint8_images(samples)[..., 0])  # the PNG's 8-bit pixels
+    assert [sample.digit for sample in check.samples] == labels.tolist()
+    assert check.matches == sum(sample.matches for sample in check.samples) == 4
+    assert all(0.5 < sample.confidence <= 1 for sample in check.samples)
+    assert elapsed < 1.0, elapsed  # a few ms on a CPU
+
+
+def test_a_wrong_digit_is_redrawn_through_the_engine_twice_with_the_reported_seeds(engine: Engine) -> None:
+    classifier = DigitChecker(CLASSIFIER).for_model(MNIST)
+    request = dict(sampler="ddim", steps=10, guidance=0.5, digit=3)  # the model draws 3s ...
+    samples = engine.submit(EngineRequest(n=3, seed=40, **request)).result()
+    spec = spec_of(digit=5, n=3, seed=40, redraw_rounds=2)  # ... the check asks for 5s: all mismatch
+    rounds = []
+
+    def redraw(indices: list[int], seeds: list[int]) -> torch.Tensor:
+        rounds.append((indices, seeds))
+        return engine.submit(EngineRequest(n=len(seeds), seeds=tuple(seeds), **request)).result()
+
+    final, check = check_samples(classifier, spec, samples, redraw)
+    assert rounds == [([0, 1, 2], [43, 44, 45]), ([0, 1, 2], [46, 47, 48])]
+    assert [(sample.seed, sample.redrawn, sample.matches) for sample in check.samples] == [
+        (46, 2, False),
+        (47, 2, False),
+        (48, 2, False),
+    ]
+    assert check.first_draw_matches == 0 and check.matches == 0 and check.rounds_run == 2
+    alone = engine.submit(EngineRequest(n=1, seed=47, **request)).result()
+    torch.testing.assert_close(final[1:2], alone, atol=1e-4, rtol=0)  # a reported seed reproduces its sample
+
+
+# ------------------------------------------------------------------ the job hash
+
+
+def test_the_check_lands_in_a_live_jobs_hash_only(redis_server: EmbeddedRedis) -> None:
+    settings = Settings(redis_url=redis_server.url, key_prefix="checktest")
+    store = JobStore(settings)
+    keys = Keys("checktest")
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    check = DigitCheck(classifier="c", asked=1, matches=0, samples=[])
+    client.hset(keys.job("a"), mapping={**new_job_fields(spec_of(), time.time()), "status": "running"})
+    assert record_check(store, "a", check)
+    record = JobRecord.from_hash("a", client.hgetall(keys.job("a")))
+    assert record.check == check
+    client.hset(keys.job("a"), "status", "cancelled")
+    assert not record_check(store, "a", DigitCheck(skipped="late"))
+    assert record_check(store, "gone", check) is False and not client.exists(keys.job("gone"))  # never recreated
+    client.hset(keys.job("a"), CHECK_FIELD, "{not json")
+    assert JobRecord.from_hash("a", client.hgetall(keys.job("a"))).check is None  # never hides the job
