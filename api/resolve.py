@@ -9,7 +9,7 @@ import secrets
 from api.schemas import GenerateRequest
 from contract.registry import ModelInfo
 from contract.settings import Limits
-from contract.spec import JobSpec
+from contract.spec import MAX_REDRAW_ROUNDS, JobSpec
 
 
 class FieldError(Exception):
@@ -48,6 +48,8 @@ def resolve_spec(request: GenerateRequest, model: ModelInfo, limits: Limits) -> 
         raise FieldError("guidance", f"must be at most {limits.max_guidance}")
     if classes == 0:
         guidance = 0.0  # an unconditional model has nothing to guide towards
+    if request.redraw_mismatches and request.digit is None:
+        raise FieldError("redraw_mismatches", "needs a digit: unconditional samples have no digit to match")
     return JobSpec(
         model=model.name,
         weights_sha256=model.weights_sha256,
@@ -57,4 +59,5 @@ def resolve_spec(request: GenerateRequest, model: ModelInfo, limits: Limits) -> 
         seed=request.seed if request.seed is not None else secrets.randbelow(2**31),
         digit=request.digit,
         n=request.n,
+        redraw_rounds=MAX_REDRAW_ROUNDS if request.redraw_mismatches else 0,
     )

@@ -13,10 +13,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from contract.layout import JobRecord, JobStatus
+from contract.layout import DigitCheck, JobRecord, JobStatus
 from contract.registry import ModelInfo
 from contract.settings import Limits
-from contract.spec import MAX_SEED, JobSpec, Sampler
+from contract.spec import MAX_REDRAW_ROUNDS, MAX_SEED, JobSpec, Sampler
 
 
 class GenerateRequest(BaseModel):
@@ -40,6 +40,11 @@ class GenerateRequest(BaseModel):
     )
     model: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
         None, description="model name (see GET /models); default: the service's default model"
+    )
+    redraw_mismatches: Annotated[bool, Field(strict=True)] = Field(
+        False,
+        description=f"draw the samples the digit check reads as another digit again, up to {MAX_REDRAW_ROUNDS} "
+        "rounds, each with new seeds (sample i in round r: seed + n * r + i); needs a digit",
     )
 
 
@@ -113,6 +118,11 @@ class JobView(BaseModel):
     attempts: int
     cancel_requested: bool
     error: str | None
+    check: DigitCheck | None = Field(  # its models live in the contract: the worker writes it
+        None,
+        description="the per-digit check of the final samples by the evaluation classifier (in the PNG's "
+        "order), or why it was skipped; null until the job has succeeded",
+    )
     links: JobLinks
 
     @classmethod
@@ -132,6 +142,7 @@ class JobView(BaseModel):
             attempts=record.attempts,
             cancel_requested=record.cancel_requested,
             error=record.error,
+            check=record.check,
             links=JobLinks.of(record.id),
         )
 

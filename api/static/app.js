@@ -66,10 +66,18 @@ function updateModel() {
     $("steps").value = Math.min(Number($("steps").value) || 50, model.num_train_timesteps);
   }
   updateSampler();
+  updateDigit();
 }
 
 function updateSampler() {
   $("steps").disabled = $("sampler").value !== "ddim";
+}
+
+// redrawing mismatches needs a digit to match
+function updateDigit() {
+  const none = $("digit").value === "";
+  $("redraw").disabled = none;
+  if (none) $("redraw").checked = false;
 }
 
 function requestBody() {
@@ -78,6 +86,7 @@ function requestBody() {
   if (body.sampler === "ddim") body.steps = Number($("steps").value);
   if ($("guidance").value !== "") body.guidance = Number($("guidance").value);
   if ($("seed").value !== "") body.seed = Number($("seed").value);
+  if ($("redraw").checked && !$("redraw").disabled) body.redraw_mismatches = true;
   return body;
 }
 
@@ -143,6 +152,7 @@ function follow(jobId) {
   $("preview-box").hidden = false;
   $("png-box").hidden = true;
   $("gif-box").hidden = true;
+  $("check").hidden = true;
   setStatus("queued");
   source = new EventSource(withKey(`/jobs/${jobId}/events`));
   source.addEventListener("queued", () => setStatus("queued"));
@@ -155,6 +165,12 @@ function follow(jobId) {
     $("progress-text").textContent = `step ${data.step} of ${data.total}${eta}`;
   });
   source.addEventListener("preview", (event) => { $("preview").src = JSON.parse(event.data).image; });
+  source.addEventListener("redraw", (event) => {
+    const data = JSON.parse(event.data);
+    const count = data.samples.length;
+    $("progress-text").textContent =
+      `redrawing ${count} sample${count === 1 ? "" : "s"} read as another digit (round ${data.round})`;
+  });
   for (const status of TERMINAL) {
     source.addEventListener(status, (event) => {
       source.close();
@@ -174,6 +190,7 @@ function showResults(jobId) {
   const png = withKey(`/jobs/${jobId}/png`);
   const gif = withKey(`/jobs/${jobId}/gif`);
   $("progress").value = $("progress").max;
+  if ($("progress-text").textContent.startsWith("redrawing")) $("progress-text").textContent = "done, after redrawing";
   $("preview-box").hidden = true;
   $("result-png").src = png;
   $("result-gif").src = gif;
@@ -183,6 +200,50 @@ function showResults(jobId) {
   $("gif-link").download = `ddpm-${jobId.slice(0, 8)}.gif`;
   $("png-box").hidden = false;
   $("gif-box").hidden = false;
+  fetch(`/jobs/${jobId}`, { headers: authHeaders() })
+    .then((response) => (response.ok ? response.json() : null))
+    .then((job) => { if (job && currentJob === jobId) renderCheck(job.check); })
+    .catch(() => {});
+}
+
+// The per-digit check under the grid: what the evaluation classifier reads in each sample,
+// mismatches highlighted
+function renderCheck(check) {
+  const box = $("check");
+  const table = $("check-table");
+  const rows = table.tBodies[0];
+  rows.replaceChildren();
+  box.hidden = !check;
+  table.hidden = true;
+  if (!check) return;
+  if (check.skipped) {
+    $("check-summary").textContent = `Not checked: ${check.skipped}.`;
+    return;
+  }
+  const accuracy = check.classifier_test_accuracy === null
+    ? "" : ` (${(100 * check.classifier_test_accuracy).toFixed(2)}% on the MNIST test set)`;
+  const by = `the classifier ${check.classifier}${accuracy}`;
+  let summary;
+  if (check.asked === null) {
+    summary = `Digits read by ${by}; no digit was asked, so nothing to match.`;
+  } else {
+    summary = `${check.matches} of ${check.samples.length} read as ${check.asked} by ${by}.`;
+    if (check.rounds_run) {
+      summary += ` First draw: ${check.first_draw_matches}; ${check.redrawn} redrawn in ${check.rounds_run} `
+        + `round${check.rounds_run === 1 ? "" : "s"}.`;
+    }
+    if (check.matches < check.samples.length) summary += " A mismatch can be the classifier's error too.";
+  }
+  $("check-summary").textContent = summary;
+  const columns = Math.max(1, Math.ceil(Math.sqrt(check.samples.length)));
+  for (const sample of check.samples) {
+    const row = rows.insertRow();
+    if (sample.matches === false) row.classList.add("mismatch");
+    const where = `${sample.index} (row ${Math.floor(sample.index / columns) + 1}, col ${sample.index % columns + 1})`;
+    const cells = [where, sample.digit, sample.confidence.toFixed(3), sample.seed, sample.redrawn || ""];
+    for (const value of cells) row.insertCell().textContent = String(value);
+  }
+  table.hidden = false;
 }
 
 async function cancel() {
@@ -194,6 +255,7 @@ async function cancel() {
 $("generate-form").addEventListener("submit", submit);
 $("model").addEventListener("change", updateModel);
 $("sampler").addEventListener("change", updateSampler);
+$("digit").addEventListener("change", updateDigit);
 $("cancel").addEventListener("click", cancel);
 renderJobs();
 loadModels().catch((error) => showError(`cannot load models: ${error}`));

@@ -89,7 +89,10 @@ def test_page_generates_and_shows_the_grid_and_gif(browser, base_url: str) -> No
     wait.until(lambda driver: driver.find_element(By.ID, "error").is_displayed())
     assert "n:" in browser.find_element(By.ID, "error").text
 
+    redraw = browser.find_element(By.ID, "redraw")
+    assert not redraw.is_enabled()  # redrawing mismatches needs a digit
     Select(browser.find_element(By.ID, "digit")).select_by_value("3")
+    assert redraw.is_enabled() and not redraw.is_selected()
     field.clear()
     field.send_keys("4")
     Select(browser.find_element(By.ID, "sampler")).select_by_value("ddim")
@@ -119,4 +122,9 @@ def test_page_generates_and_shows_the_grid_and_gif(browser, base_url: str) -> No
     jobs = browser.find_elements(By.CSS_SELECTOR, "#jobs li")
     assert len(jobs) == 1 and "succeeded" in jobs[0].text and "digit 3" in jobs[0].text
     stored = browser.execute_script("return JSON.parse(sessionStorage.getItem('ddpm-jobs'));")
-    assert stored[0]["params"]["steps"] == 15
+    assert stored[0]["params"]["steps"] == 15 and stored[0]["params"]["redraw_rounds"] == 0
+    # this service's model directory has no classifier: the page says the samples were not checked
+    wait.until(lambda driver: driver.find_element(By.ID, "check").is_displayed())
+    summary = browser.find_element(By.ID, "check-summary").text
+    assert summary == "Not checked: no classifier file mnist_classifier.safetensors."
+    assert not browser.find_element(By.ID, "check-table").is_displayed()

@@ -1,0 +1,211 @@
+"""The per-digit check end to end: a worker and the API over a model directory holding the
+SHIPPED model and classifier (``checkpoints/``), an untrained MNIST model (``tiny``: noise the
+classifier reads as some other digit, so mismatches are certain) and a 2D checkerboard model
+(``board``: no classifier for it)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from serve.command import stop_process, worker_command
+from serve.redis_server import EmbeddedRedis
+from tests.service.conftest import (
+    ARTIFACTS,
+    REPO,
+    make_tiny_checkpoint,
+    read_events,
+    service_env,
+    start_api,
+    start_logged,
+    wait_for_worker,
+    wait_job,
+)
+from tests.service.test_page import browser  # noqa: F401  (the headless Chromium fixture)
+
+PREFIX = "ddpmcheck"
+CLASSIFIER = REPO / "checkpoints" / "mnist_classifier.safetensors"
+TINY_DIGIT = 1  # the tiny untrained model's noise is never read as a 1 (asserted below)
+TINY_SEED = 11
+
+
+def make_checkerboard_checkpoint(path: Path) -> Path:
+    from ddpm_core.checkpoint import save_checkpoint
+    from ddpm_core.models import MLPConfig, MLPDenoiser
+    from ddpm_core.schedule import NoiseSchedule
+
+    model = MLPDenoiser(MLPConfig(hidden_dim=16, num_layers=1, time_embed_dim=8, fourier_features=0))
+    return save_checkpoint(
+        path, model, NoiseSchedule.linear(100), class_names=[], sample_shape=(2,), dataset="checkerboard"
+    )
+
+
+@pytest.fixture(scope="session")
+def check_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("check-models")
+    shutil.copy(REPO / "checkpoints" / "mnist.safetensors", directory / "mnist.safetensors")
+    shutil.copy(CLASSIFIER, directory / "mnist_classifier.safetensors")  # found by the default setting
+    make_tiny_checkpoint(directory / "tiny.safetensors")
+    make_checkerboard_checkpoint(directory / "board.safetensors")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def check_url(redis_server: EmbeddedRedis, check_model_dir: Path) -> Iterator[str]:
+    """A worker and the API (their own key prefix and queue) over the shipped model and classifier."""
+    env = service_env(redis_server.url, check_model_dir, DDPM_KEY_PREFIX=PREFIX, DDPM_QUEUE_NAME=PREFIX)
+    worker: subprocess.Popen = start_logged(worker_command(queue=PREFIX), env, "worker-check.log")
+    try:
+        wait_for_worker(redis_server.url, worker, prefix=PREFIX)
+        api, base = start_api(env, "api-check.log")
+        try:
+            yield base
+        finally:
+            stop_process(api, "API")
+    finally:
+        stop_process(worker, "worker", grace=15)
+
+
+@pytest.fixture()
+def http(check_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=check_url, timeout=30) as client:
+        yield client
+
+
+def run(http: httpx.Client, **body) -> dict:
+    response = http.post("/generate", json=body)
+    assert response.status_code == 202, response.text
+    job = wait_job(http, response.json()["id"])
+    assert job["status"] == "succeeded", job
+    return job
+
+
+def tiles(http: httpx.Client, job: dict) -> np.ndarray:
+    """The PNG's samples, (n, 28, 28) uint8, row by row (28-pixel tiles, 2-pixel padding, scale 2)."""
+    grid = np.asarray(Image.open(io.BytesIO(http.get(job["links"]["png"]).content)).convert("L"))[::2, ::2]
+    n = job["params"]["n"]
+    columns = int(np.ceil(np.sqrt(n)))
+    return np.stack([grid[2 + 30 * (i // columns) :][:28, 2 + 30 * (i % columns) :][:, :28] for i in range(n)])
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    from ddpm_core.evaluation.classifier import load_classifier
+
+    return load_classifier(CLASSIFIER).model
+
+
+def read_tiles(classifier, images: np.ndarray) -> tuple[list[int], list[float]]:
+    import torch
+
+    from ddpm_core.evaluation.classifier import preprocess
+
+    with torch.inference_mode():
+        probabilities = torch.softmax(classifier(preprocess(images)), dim=1)
+    confidence, digit = probabilities.max(dim=1)
+    return digit.tolist(), confidence.tolist()
+
+
+def test_the_shipped_model_is_checked_digit_by_digit_in_the_pngs_order(http: httpx.Client, classifier) -> None:
+    job = run(http, digit=3, n=4, sampler="ddim", steps=20, seed=123)
+    check = job["check"]
+    assert check["skipped"] is None
+    assert check["classifier"] == "mnist_classifier" and check["classifier_test_accuracy"] == 0.9943
+    assert check["asked"] == 3 and check["matches"] == 4 and check["redraw_rounds"] == 0
+    assert [(s["index"], s["seed"], s["redrawn"]) for s in check["samples"]] == [(i, 123 + i, 0) for i in range(4)]
+    digits, confidences = read_tiles(classifier, tiles(http, job))  # the PNG, read again here
+    assert [s["digit"] for s in check["samples"]] == digits == [3, 3, 3, 3]
+    assert [s["confidence"] for s in check["samples"]] == pytest.approx(confidences, abs=2e-4)
+
+    # unconditional samples: labels, in the PNG's order, and no match count
+    job = run(http, n=6, sampler="ddim", steps=20, seed=5)
+    check = job["check"]
+    assert check["asked"] is None and check["matches"] is None
+    assert all(s["matches"] is None for s in check["samples"])
+    digits, confidences = read_tiles(classifier, tiles(http, job))
+    assert [s["digit"] for s in check["samples"]] == digits and len(set(digits)) > 1
+    assert [s["confidence"] for s in check["samples"]] == pytest.approx(confidences, abs=2e-4)
+
+
+def test_mismatches_are_redrawn_when_asked_with_reported_seeds(http: httpx.Client) -> None:
+    body = dict(model="tiny", digit=TINY_DIGIT, n=4, sampler="ddim", steps=10, seed=TINY_SEED)
+    kept = run(http, **body)
+    assert kept["params"]["redraw_rounds"] == 0
+    assert kept["check"]["matches"] == 0 and kept["check"]["rounds_run"] == 0  # noise: never a 1
+
+    redrawn = run(http, **body, redraw_mismatches=True)
+    check = redrawn["check"]
+    assert redrawn["params"]["redraw_rounds"] == 2
+    assert check["first_draw_matches"] == 0 and check["matches"] == 0
+    assert check["rounds_run"] == 2 and check["redrawn"] == 4  # bounded: two rounds, then the samples stay
+    assert [(s["seed"], s["redrawn"]) for s in check["samples"]] == [(TINY_SEED + 8 + i, 2) for i in range(4)]
+    events = [event["data"] for event in read_events(http, redrawn["id"]) if event["event"] == "redraw"]
+    assert events == [
+        {"round": 1, "samples": [0, 1, 2, 3], "seeds": [TINY_SEED + 4 + i for i in range(4)]},
+        {"round": 2, "samples": [0, 1, 2, 3], "seeds": [TINY_SEED + 8 + i for i in range(4)]},
+    ]
+    # the PNG shows the final draws: each is the sample its reported seed gives alone
+    final = tiles(http, redrawn)
+    assert not np.array_equal(final, tiles(http, kept))
+    alone = run(http, **{**body, "n": 1, "seed": check["samples"][2]["seed"]})
+    assert np.abs(tiles(http, alone)[0].astype(int) - final[2].astype(int)).max() <= 1
+
+
+def test_a_model_without_a_classifier_skips_the_check_and_says_so(http: httpx.Client) -> None:
+    job = run(http, model="board", n=16, sampler="ddim", steps=10)
+    assert job["check"]["skipped"] == "no classifier for dataset 'checkerboard'"
+    assert job["check"]["samples"] == []
+
+
+def test_redrawing_needs_a_digit_and_openapi_describes_the_check(http: httpx.Client) -> None:
+    refused = http.post("/generate", json={"n": 2, "sampler": "ddim", "redraw_mismatches": True})
+    assert refused.status_code == 422 and refused.json()["detail"][0]["field"] == "redraw_mismatches"
+    schemas = http.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["GenerateRequest"]["properties"]["redraw_mismatches"]["type"] == "boolean"
+    assert "DigitCheck" in str(schemas["JobView"]["properties"]["check"])
+    assert {"digit", "confidence", "seed", "matches", "redrawn"} <= set(schemas["SampleCheck"]["properties"])
+
+
+def test_the_page_marks_samples_read_as_another_digit_and_offers_redraws(
+    browser,  # noqa: F811  (the fixture imported above)
+    check_url: str,
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(check_url + "/")
+    wait = WebDriverWait(browser, 120, poll_frequency=0.2)
+    wait.until(lambda driver: len(driver.find_elements(By.CSS_SELECTOR, "#model option")) == 3)
+    Select(browser.find_element(By.ID, "model")).select_by_value("tiny")
+    Select(browser.find_element(By.ID, "digit")).select_by_value(str(TINY_DIGIT))
+    n = browser.find_element(By.ID, "n")
+    n.clear()
+    n.send_keys("4")
+    steps = browser.find_element(By.ID, "steps")
+    steps.clear()
+    steps.send_keys("10")
+    browser.find_element(By.ID, "seed").send_keys(str(TINY_SEED))
+    browser.find_element(By.ID, "redraw").click()
+    browser.find_element(By.ID, "generate").click()
+    wait.until(lambda driver: driver.find_element(By.ID, "check-table").is_displayed())
+    browser.save_screenshot(str(ARTIFACTS / "page-check.png"))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#check-table tbody tr")
+    assert len(rows) == 4
+    assert all("mismatch" in row.get_attribute("class") for row in rows)  # highlighted: noise is never a 1
+    first = [cell.text for cell in rows[0].find_elements(By.TAG_NAME, "td")]
+    assert first[0] == "0 (row 1, col 1)" and first[3] == str(TINY_SEED + 8) and first[4] == "2"
+    summary = browser.find_element(By.ID, "check-summary").text
+    assert summary.startswith(f"0 of 4 read as {TINY_DIGIT} by the classifier mnist_classifier (99.43% on the MNIST")
+    assert "4 redrawn in 2 rounds" in summary and "the classifier's error" in summary
+    assert browser.find_element(By.ID, "progress-text").text == "done, after redrawing"
+    stored = browser.execute_script("return JSON.parse(sessionStorage.getItem('ddpm-jobs'));")
+    assert stored[0]["params"]["redraw_rounds"] == 2
