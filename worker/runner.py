@@ -3,9 +3,13 @@ engine, relays the engine's steps to Redis (progress, previews), polls for cance
 the per-digit check (:mod:`worker.check`; redrawn samples go through the same engine), and
 stores the PNG, the GIF and the check at the end.
 
-The engine thread only records what a step leaves behind (a GIF frame, a preview's tensor) in
-the job's :class:`JobChannel`; every Redis write happens on the job's own thread, so a slow
-Redis never holds up the batch. Only worker processes import this module.
+Every torch operation runs on the engine thread: a step's callback records what the step leaves
+behind (a GIF frame, a preview as 8-bit host images) in the job's :class:`JobChannel`, and the
+final conversion and the classifier's readings are handed to the engine thread between ticks.
+The job's own thread does only host work (PNG and GIF encoding) and every Redis write, so a slow
+Redis never holds up the batch, and no second OpenMP thread pool competes with the sampling
+one for the cores (on this 2-core CPU, torch work on a second thread slowed the engine's
+forwards by a third). Only worker processes import this module.
 """
 
 from __future__ import annotations
@@ -17,16 +21,25 @@ import queue
 import time
 from pathlib import Path
 
+import numpy as np
 import redis.exceptions
 import torch
 
-from contract.layout import CHECK_FIELD, DigitCheck
+from contract.layout import DigitCheck
 from contract.settings import Settings
 from contract.spec import JobSpec
 from ddpm_core.checkpoint import LoadedCheckpoint
 from ddpm_core.errors import GenerationCancelled
 from ddpm_core.pipeline import StepInfo
-from ddpm_core.render import FrameRecorder, ScatterRecorder, gif_bytes, make_grid, png_bytes, scatter_image
+from ddpm_core.render import (
+    FrameRecorder,
+    ScatterRecorder,
+    gif_bytes,
+    make_grid,
+    png_bytes,
+    scatter_image,
+    to_uint8_images,
+)
 from worker.check import DigitChecker, check_samples, skipped
 from worker.engine import Engine, EngineRequest
 from worker.engines import EnginePool
@@ -35,13 +48,6 @@ from worker.store import JobStore
 logger = logging.getLogger(__name__)
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 FINISH_PATIENCE_S = 300.0  # how long a finished job waits for Redis to come back to store its result
-# the check goes into the job's hash only while the job is live (never recreates an expired hash)
-SET_CHECK_LUA = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'queued' and status ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
 
 
 class JobChannel:
@@ -54,17 +60,17 @@ class JobChannel:
         self.recorder = ScatterRecorder(total, frames) if is_points else FrameRecorder(total, frames)
         count = settings.preview_count
         self.preview_every = max(1, total // count) if count else 0
-        self._updates: queue.SimpleQueue[tuple[int, torch.Tensor | None]] = queue.SimpleQueue()
+        self._updates: queue.SimpleQueue[tuple[int, np.ndarray | None]] = queue.SimpleQueue()
 
     def on_step(self, info: StepInfo) -> None:
         """On the engine thread, after each step: keep a frame or a preview if one is due."""
         self.recorder(info)
         preview = None
         if self.preview_every and info.step % self.preview_every == 0 and info.step < info.total:
-            preview = info.pred_original_sample.detach().to("cpu", copy=True)  # (n, *shape)
+            preview = host_copy(info.pred_original_sample, self.is_points)
         self._updates.put((info.step, preview))
 
-    def take(self, timeout: float) -> list[tuple[int, torch.Tensor | None]]:
+    def take(self, timeout: float) -> list[tuple[int, np.ndarray | None]]:
         """The updates since the last call, waiting up to ``timeout`` s for the first."""
         try:
             updates = [self._updates.get(timeout=timeout)]
@@ -75,6 +81,26 @@ class JobChannel:
                 updates.append(self._updates.get_nowait())
             except queue.Empty:
                 return updates
+
+
+def host_copy(samples: torch.Tensor, is_points: bool) -> np.ndarray:
+    """Samples as host arrays for rendering: 8-bit images (n, H, W, C), or points (n, 2)."""
+    if is_points:
+        return samples.detach().float().cpu().numpy()
+    return to_uint8_images(samples)
+
+
+class OnEngineThread:
+    """A classifier whose readings run on the engine thread (between ticks)."""
+
+    def __init__(self, classifier: object, engine: Engine) -> None:
+        self._classifier, self._engine = classifier, engine
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._classifier, name)
+
+    def read(self, samples: torch.Tensor) -> tuple[list[int], list[float]]:
+        return self._engine.call_on_engine_thread(lambda: self._classifier.read(samples))
 
 
 class JobReporter:
@@ -88,7 +114,7 @@ class JobReporter:
         self.started = time.perf_counter()
         self.last_sent = 0.0
 
-    def publish(self, updates: list[tuple[int, torch.Tensor | None]]) -> None:
+    def publish(self, updates: list[tuple[int, np.ndarray | None]]) -> None:
         if not updates:
             return
         total = self.channel.total
@@ -107,7 +133,7 @@ class JobReporter:
         except REDIS_ERRORS as error:
             logger.warning("job %s: progress not sent (Redis: %s)", self.job_id, error)
 
-    def _png(self, sample: torch.Tensor) -> str:
+    def _png(self, sample: np.ndarray) -> str:
         image = scatter_image(sample, 128) if self.channel.is_points else make_grid(sample)
         return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
@@ -173,7 +199,8 @@ def run_job(
         samples = handle.result()  # (n, *shape); raises the job's error
         if checker is not None:
             samples, check = digit_check(checker, loaded, engine, spec, samples, store, job_id, cancel)
-        grid = scatter_image(samples) if channel.is_points else make_grid(samples, scale=2)
+        host = engine.call_on_engine_thread(lambda: host_copy(samples, channel.is_points))
+        grid = scatter_image(host) if channel.is_points else make_grid(host, scale=2)
         png, gif = png_bytes(grid), gif_bytes(channel.recorder.frames)
     except GenerationCancelled as cancelled:
         done_steps = cancelled.step
@@ -186,9 +213,7 @@ def run_job(
         _patiently(lambda: store.fail(job_id, message), job_id)
         return "failed"
     seconds = time.perf_counter() - started
-    if check is not None:
-        _patiently(lambda: record_check(store, job_id, check), job_id)
-    _patiently(lambda: store.succeed(job_id, png, gif, seconds), job_id)
+    _patiently(lambda: store.succeed(job_id, png, gif, seconds, check), job_id)
     logger.info("job %s succeeded in %.2f s (%s, %d steps, n=%d)", job_id, seconds, spec.sampler, spec.steps, spec.n)
     return "succeeded"
 
@@ -207,9 +232,10 @@ def digit_check(
 
     A classifier that fails leaves the samples unchecked (the job still succeeds, its check
     says why); a redraw that fails or is cancelled ends the job as the first draw would have."""
-    classifier = checker.for_model(loaded)
-    if isinstance(classifier, str):
-        return samples, skipped(classifier)
+    found = checker.for_model(loaded)
+    if isinstance(found, str):
+        return samples, skipped(found)
+    classifier = OnEngineThread(found, engine)
     rounds = itertools.count(1)
     redraw_errors: list[BaseException] = []
 
@@ -245,12 +271,6 @@ def digit_check(
             raise
         logger.exception("job %s: the per-digit check failed", job_id)
         return samples, skipped(f"the check failed: {type(error).__name__}")
-
-
-def record_check(store: JobStore, job_id: str, check: DigitCheck) -> bool:
-    """Write the check into the job's hash, only while the job is queued or running."""
-    script = store.client.register_script(SET_CHECK_LUA)
-    return int(script(keys=[store.keys.job(job_id)], args=[CHECK_FIELD, check.model_dump_json()])) == 1
 
 
 def _patiently(finish, job_id: str) -> None:

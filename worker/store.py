@@ -14,7 +14,7 @@ import redis.exceptions
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from contract.layout import JobRecord, JobStatus, Keys, event_data, new_job_fields
+from contract.layout import CHECK_FIELD, DigitCheck, JobRecord, JobStatus, Keys, event_data, new_job_fields
 from contract.metrics import MODEL_LOAD_BUCKETS, MetricKeys, observation
 from contract.settings import Settings
 from contract.spec import JobSpec
@@ -144,13 +144,17 @@ class JobStore:
         self.client.xadd(self.keys.events(job_id), {"event": event, "data": event_data(data)})
 
     # ------------------------------------------------------------------ endings
-    def succeed(self, job_id: str, png: bytes, gif: bytes, seconds: float) -> bool:
-        """Store the results, then mark the job succeeded (results exist before the status says so)."""
+    def succeed(self, job_id: str, png: bytes, gif: bytes, seconds: float, check: DigitCheck | None = None) -> bool:
+        """Store the results, then mark the job succeeded with its per-digit check, in one step
+        (results exist before the status says so)."""
         pipe = self.raw.pipeline(transaction=True)
         pipe.set(self.keys.result(job_id, "png"), png, ex=self.ttl_s)
         pipe.set(self.keys.result(job_id, "gif"), gif, ex=self.ttl_s)
         pipe.execute()
-        return self._finish(job_id, JobStatus.SUCCEEDED, {"seconds": round(seconds, 3)}, seconds=repr(seconds))
+        fields = {"seconds": repr(seconds)}
+        if check is not None:
+            fields[CHECK_FIELD] = check.model_dump_json()
+        return self._finish(job_id, JobStatus.SUCCEEDED, {"seconds": round(seconds, 3)}, **fields)
 
     def fail(self, job_id: str, error: str) -> bool:
         return self._finish(job_id, JobStatus.FAILED, {"error": error}, error=error)

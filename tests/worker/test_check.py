@@ -23,7 +23,6 @@ from serve.redis_server import EmbeddedRedis
 from worker import check as check_module
 from worker.check import DigitChecker, check_samples
 from worker.engine import Engine, EngineRequest
-from worker.runner import record_check
 from worker.store import JobStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -211,18 +210,18 @@ def test_a_wrong_digit_is_redrawn_through_the_engine_twice_with_the_reported_see
 # ------------------------------------------------------------------ the job hash
 
 
-def test_the_check_lands_in_a_live_jobs_hash_only(redis_server: EmbeddedRedis) -> None:
+def test_the_check_lands_with_the_succeeded_status_and_only_on_a_live_job(redis_server: EmbeddedRedis) -> None:
     settings = Settings(redis_url=redis_server.url, key_prefix="checktest")
     store = JobStore(settings)
     keys = Keys("checktest")
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     check = DigitCheck(classifier="c", asked=1, matches=0, samples=[])
     client.hset(keys.job("a"), mapping={**new_job_fields(spec_of(), time.time()), "status": "running"})
-    assert record_check(store, "a", check)
+    assert store.succeed("a", b"png", b"gif", 1.0, check)
     record = JobRecord.from_hash("a", client.hgetall(keys.job("a")))
-    assert record.check == check
-    client.hset(keys.job("a"), "status", "cancelled")
-    assert not record_check(store, "a", DigitCheck(skipped="late"))
-    assert record_check(store, "gone", check) is False and not client.exists(keys.job("gone"))  # never recreated
+    assert record.check == check and record.status.value == "succeeded"
+    client.hset(keys.job("b"), mapping={**new_job_fields(spec_of(), time.time()), "status": "cancelled"})
+    assert not store.succeed("b", b"png", b"gif", 1.0, DigitCheck(skipped="late"))
+    assert CHECK_FIELD not in client.hgetall(keys.job("b"))  # an ended job is not touched
     client.hset(keys.job("a"), CHECK_FIELD, "{not json")
     assert JobRecord.from_hash("a", client.hgetall(keys.job("a"))).check is None  # never hides the job
