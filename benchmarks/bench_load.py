@@ -12,7 +12,7 @@ Starts an embedded redis-server and the API once, then for each mode a fresh wor
   one-job-at-a-time path the worker had before the engine.
 
 Each workload's jobs are sent by as many client threads as it has jobs, all released at once.
-A client POSTs, waits for the job to end (polling ``GET /jobs/{id}``) and fetches the PNG.
+A client POSTs, follows the job's event stream to its terminal event and fetches the PNG.
 The table has, per workload and mode: digits per second (all samples over the wall time from
 the first POST to the last PNG), p50 and p95 latency from POST to PNG, and the mean batch
 (forward rows per engine tick, from the worker's counters in Redis) with its occupancy of the
@@ -49,6 +49,7 @@ from serve.redis_server import EmbeddedRedis, free_port  # noqa: E402
 
 logger = logging.getLogger("bench_load")
 PREFIX = "bench"
+TERMINAL = ("succeeded", "failed", "cancelled")
 WORKLOADS: dict[str, list[dict]] = {
     "n1-mixed": [
         {
@@ -99,8 +100,11 @@ def run_workload(base: str, bodies: list[dict], seed: int) -> tuple[float, list[
                     errors.append(answer.text)
                 return
             job = answer.json()["id"]
-            while (record := http.get(f"/jobs/{job}").json())["status"] not in ("succeeded", "failed", "cancelled"):
-                time.sleep(0.05)
+            with http.stream("GET", f"/jobs/{job}/events", timeout=None) as events:  # as a client would
+                for line in events.iter_lines():
+                    if line.startswith("event:") and line.split(":", 1)[1].strip() in TERMINAL:
+                        break
+            record = http.get(f"/jobs/{job}").json()
             png = http.get(f"/jobs/{job}/png")
             with lock:
                 if record["status"] != "succeeded" or png.status_code != 200:
@@ -156,6 +160,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     workloads = [name.strip() for name in args.workloads.split(",")]
     modes = [name.strip() for name in args.modes.split(",")]
     for name in workloads:

@@ -28,8 +28,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from serve.redis_server import EmbeddedRedis, free_port  # noqa: E402
 from serve.command import api_command, stop_process, worker_command  # noqa: E402
+from serve.redis_server import EmbeddedRedis, free_port  # noqa: E402
 
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "mnist.safetensors"
 logger = logging.getLogger("bench_service")

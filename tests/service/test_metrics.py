@@ -72,12 +72,14 @@ def test_two_workers_report_to_one_metrics_endpoint(redis_server: EmbeddedRedis,
             wait_for(http, lambda s: sum(per_worker(s, "ddpm_worker_job_steps_total").values()) == 60, "60 steps")
 
             # a long job: in flight, its worker's step rate shows, then it is cancelled mid-run
-            long = http.post("/generate", json={"n": 16, "sampler": "ddpm", "guidance": 1.0, "seed": 1}).json()
+            long = http.post("/generate", json={"n": 64, "sampler": "ddpm", "guidance": 1.0, "seed": 1}).json()
 
             def its_worker_steps(samples: Samples) -> bool:
+                # the workers' numbers arrive with their reports (every 2 s): wait for one made mid-job
                 rates = per_worker(samples, "ddpm_worker_steps_per_second")
                 running = per_worker(samples, "ddpm_worker_engine_jobs_running")
-                return any(running[worker] == 1 and rates[worker] > 0 for worker in names)
+                stepping = any(running[worker] == 1 and rates[worker] > 0 for worker in names)
+                return stepping and value(samples, "ddpm_jobs_in_flight") == 1
 
             running = wait_for(http, its_worker_steps, "the running job's worker stepping")
             assert value(running, "ddpm_jobs_in_flight") == 1 and value(running, "ddpm_steps_per_second") > 0
