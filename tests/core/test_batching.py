@@ -5,36 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm_core import NoiseSchedule, UNet, UNetConfig, generate
+from ddpm_core import UNet, UNetConfig, generate
 from ddpm_core.batching import batch_inputs, denoise_step, forward_rows
 from ddpm_core.pipeline import Generation
 from ddpm_core.samplers import make_sampler
-
-SHAPE = (1, 8, 8)
-TINY = UNetConfig(
-    image_size=8,
-    in_channels=1,
-    base_channels=8,
-    channel_mult=(1, 2),
-    num_res_blocks=1,
-    attention_resolutions=(4,),
-    num_heads=2,
-    dropout=0.0,
-    num_classes=3,
-    norm_groups=4,
-)
-SCHEDULE = NoiseSchedule.linear(50)
-# well below 1/255 in [0, 1] pixel units: samples live in [-1, 1], so half the difference
-PIXEL_TOLERANCE = 1e-2 / 255
-
-
-def perturbed(config: UNetConfig) -> UNet:
-    torch.manual_seed(0)
-    net = UNet(config).eval()
-    with torch.no_grad():  # the zero-initialised output layers would make every output 0
-        for parameter in net.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return net
+from tests.tiny_models import PIXEL_TOLERANCE, SCHEDULE, SHAPE, TINY, perturbed
 
 
 @pytest.fixture(scope="module")

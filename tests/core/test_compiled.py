@@ -10,28 +10,7 @@ from ddpm_core.batching import denoise_step
 from ddpm_core.compiled import BucketedForward, power_of_two_buckets, resolve_forward_options
 from ddpm_core.pipeline import Generation
 from ddpm_core.samplers import make_sampler
-
-TINY = UNetConfig(
-    image_size=8,
-    in_channels=1,
-    base_channels=8,
-    channel_mult=(1, 2),
-    num_res_blocks=1,
-    attention_resolutions=(4,),
-    num_heads=2,
-    dropout=0.0,
-    num_classes=3,
-    norm_groups=4,
-)
-
-
-def perturbed(config: UNetConfig) -> UNet:
-    torch.manual_seed(0)
-    net = UNet(config).eval()
-    with torch.no_grad():  # the zero-initialised output layers would make every output 0
-        for parameter in net.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return net
+from tests.tiny_models import TINY, perturbed
 
 
 @pytest.fixture(scope="module")

@@ -11,27 +11,13 @@ import threading
 import pytest
 import torch
 
-from ddpm_core import NoiseSchedule, UNet, UNetConfig, generate
+from ddpm_core import UNet, generate
 from ddpm_core.compiled import BucketedForward
 from ddpm_core.errors import GenerationCancelled
 from ddpm_core.samplers import make_sampler
+from tests.tiny_models import PIXEL_TOLERANCE, SCHEDULE, SHAPE, TINY, perturbed
 from worker.engine import Engine, EngineClosed, EngineRequest
 
-SHAPE = (1, 8, 8)
-SCHEDULE = NoiseSchedule.linear(50)
-TINY = UNetConfig(
-    image_size=8,
-    in_channels=1,
-    base_channels=8,
-    channel_mult=(1, 2),
-    num_res_blocks=1,
-    attention_resolutions=(4,),
-    num_heads=2,
-    dropout=0.0,
-    num_classes=3,
-    norm_groups=4,
-)
-PIXEL_TOLERANCE = 1e-2 / 255  # mean abs difference in [0, 1] pixel units
 WAIT = 120  # seconds; generous for a loaded 2-core machine
 
 
@@ -43,12 +29,7 @@ def _few_threads():
 
 @pytest.fixture(scope="module")
 def model() -> UNet:
-    torch.manual_seed(0)
-    net = UNet(TINY).eval()
-    with torch.no_grad():  # the zero-initialised output layers would make every output 0
-        for parameter in net.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return net
+    return perturbed(TINY)
 
 
 class Recorder:
