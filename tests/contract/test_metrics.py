@@ -9,7 +9,6 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -34,14 +33,6 @@ from worker.store import JobStore, ModelLoads
 @pytest.fixture()
 def settings(redis_server: EmbeddedRedis) -> Settings:
     return Settings(redis_url=redis_server.url, key_prefix=f"m{uuid.uuid4().hex[:8]}", worker_dead_after_s=5)
-
-
-@pytest.fixture()
-def worker_store(settings: Settings) -> Iterator[JobStore]:
-    store = JobStore(settings)
-    yield store
-    store.client.close()
-    store.raw.close()
 
 
 def counters(store: JobStore) -> dict[str, int]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -28,14 +27,6 @@ def settings(redis_server: EmbeddedRedis) -> Settings:
     return Settings(
         redis_url=redis_server.url, key_prefix=prefix, stale_after_s=60, worker_dead_after_s=5, max_attempts=2
     )
-
-
-@pytest.fixture()
-def worker_store(settings: Settings) -> Iterator[JobStore]:
-    store = JobStore(settings)
-    yield store
-    store.client.close()
-    store.raw.close()
 
 
 def create(settings: Settings, spec: JobSpec = SPEC, max_queue: int = 32, count: int = 1) -> list[str | Exception]:

@@ -3,29 +3,12 @@ import torch
 
 from ddpm_core import DDIMSampler, DDPMSampler, GenerationCancelled, NoiseSchedule, UNet, UNetConfig, generate
 from ddpm_core.pipeline import guided_model_output
-
-TINY = UNetConfig(
-    image_size=8,
-    in_channels=1,
-    base_channels=8,
-    channel_mult=(1, 2),
-    num_res_blocks=1,
-    attention_resolutions=(4,),
-    num_heads=2,
-    dropout=0.0,
-    num_classes=3,
-    norm_groups=4,
-)
+from tests.tiny_models import TINY, perturbed
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    net = UNet(TINY).eval()
-    with torch.no_grad():  # the zero-initialised output layers would make every output 0
-        for parameter in net.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return net
+    return perturbed(TINY)
 
 
 def sampler(steps=8):
