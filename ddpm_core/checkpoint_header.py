@@ -7,6 +7,11 @@ that header with the standard library alone, so a process that must not import t
 can list models, and so that nothing is allocated for a file before its header is known to be
 sane: every tensor entry must be well formed and lie inside the file, and the checkpoint's
 parameter count must stay under a bound.
+
+A file is taken for safetensors by its header (a plausible length, then a JSON object), whatever
+its first byte: that byte is the low byte of the header length and is 0x80 (pickle's PROTO
+opcode) for one header length in 256. Only a file that is not safetensors is named a pickle, when
+it starts as one (0x80 and a protocol byte 2 to 5) or as a zip archive (``torch.save``'s format).
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ DTYPE_SIZES = {
     "U64": 8,
     "F64": 8,
 }
-_ZIP_MAGIC = b"PK\x03\x04"
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive of pickles
+_PICKLE_PROTO = 0x80  # the pickle PROTO opcode; the protocol number (2 to 5) follows
 
 
 def read_raw_header(path: str | Path) -> dict[str, Any]:
@@ -62,19 +68,23 @@ def read_raw_header(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    size = path.stat().st_size
     with path.open("rb") as handle:
         prefix = handle.read(8)
-        if prefix.startswith(_ZIP_MAGIC) or prefix[:1] == b"\x80":
+        header_size = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
+        plausible = 2 <= header_size <= min(MAX_HEADER_BYTES, size - 8)
+        raw = handle.read(header_size) if plausible else b""
+    if not raw.startswith(b"{"):
+        # not a safetensors header: say so, naming a pickle (torch.save's formats) when it is one
+        if _looks_pickled(prefix):
             raise CheckpointError(
                 f"{path} is a pickled torch file; only .safetensors checkpoints are loaded (pickle is never unpickled)"
             )
         if len(prefix) < 8:
             raise CheckpointError(f"{path} is not a safetensors file (too short)")
-        (header_size,) = struct.unpack("<Q", prefix)
-        size = path.stat().st_size
-        if header_size < 2 or header_size > min(MAX_HEADER_BYTES, size - 8):
+        if not plausible:
             raise CheckpointError(f"{path} is not a safetensors file (bad header length)")
-        raw = handle.read(header_size)
+        raise CheckpointError(f"{path} is not a safetensors file (header is not a JSON object)")
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
@@ -86,6 +96,15 @@ def read_raw_header(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a safetensors file (__metadata__ must map names to strings)")
     _check_tensor_entries(path, header, data_size=size - 8 - header_size)
     return header
+
+
+def _looks_pickled(prefix: bytes) -> bool:
+    """Whether a file's first bytes are a zip archive (``torch.save``) or a pickle of protocol 2 to 5.
+
+    Only asked once the file has failed to be safetensors: a safetensors file starts with its
+    header length, whose low byte may be anything, 0x80 included.
+    """
+    return prefix.startswith(_ZIP_MAGIC) or (len(prefix) >= 2 and prefix[0] == _PICKLE_PROTO and 2 <= prefix[1] <= 5)
 
 
 def tensor_shapes(header: dict[str, Any]) -> dict[str, tuple[int, ...]]:
