@@ -9,6 +9,11 @@ with ``alpha_t = 1 - beta_t`` and ``alphabar_t = prod_{s<=t} alpha_s``. All term
 computed once, in float64, by pure functions and kept in one frozen :class:`NoiseSchedule`.
 Samplers read them; the network never sees them.
 
+The linear schedule keeps the betas it is given for any T: 1e-4 to 0.02 by default, the paper's
+values for T = 1000. Scaling them by 1000 / T (improved-diffusion's choice, which keeps alphabar_T
+near zero for a short schedule) happens only when asked (``scale_to_length=True``; ``ddpm train
+--scale-betas``). A checkpoint stores the betas used, so a reloaded schedule is bit-identical.
+
 Timesteps are 0-based here: index ``t`` in ``[0, T)`` stands for the paper's step ``t + 1``.
 """
 
@@ -23,24 +28,31 @@ import numpy as np
 import torch
 
 SCHEDULE_KINDS = ("linear", "cosine")
+DEFAULT_BETA_START = 1e-4  # Ho et al.'s linear schedule, for T = 1000
+DEFAULT_BETA_END = 0.02
 # A bound on T: a checkpoint's schedule config is untrusted, and each of the 13 derived terms
 # takes 8 T bytes.
 MAX_TRAIN_TIMESTEPS = 100_000
 
 
 def linear_betas(
-    num_train_timesteps: int, beta_start: float | None = None, beta_end: float | None = None
+    num_train_timesteps: int,
+    beta_start: float = DEFAULT_BETA_START,
+    beta_end: float = DEFAULT_BETA_END,
+    *,
+    scale_to_length: bool = False,
 ) -> np.ndarray:
     """Betas rising linearly from ``beta_start`` to ``beta_end`` (Ho et al. 2020, section 4).
 
-    The defaults are the paper's 1e-4 and 0.02 for T = 1000, scaled by 1000 / T for other T as
-    in improved-diffusion, so that alphabar_T stays near zero (x_T is pure noise) for any T.
-    Returns a float64 array of shape (T,).
+    The betas are the ones given, for any T. With ``scale_to_length`` both are first multiplied
+    by 1000 / T (``beta_end`` capped at 0.999), as improved-diffusion does, so that a schedule
+    meant for T = 1000 keeps alphabar_T near zero at another T.
+    Returns a float64 array of shape (T,) whose first and last values are the betas used.
     """
     _check_num_steps(num_train_timesteps)
-    scale = 1000.0 / num_train_timesteps
-    beta_start = 1e-4 * scale if beta_start is None else beta_start
-    beta_end = min(0.02 * scale, 0.999) if beta_end is None else beta_end
+    if scale_to_length:
+        scale = 1000.0 / num_train_timesteps
+        beta_start, beta_end = beta_start * scale, min(beta_end * scale, 0.999)
     if not 0.0 < beta_start <= beta_end < 1.0:
         raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
     return np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float64)
@@ -147,10 +159,19 @@ class NoiseSchedule:
     # ----------------------------------------------------------------- construction
     @classmethod
     def linear(
-        cls, num_train_timesteps: int = 1000, beta_start: float | None = None, beta_end: float | None = None
+        cls,
+        num_train_timesteps: int = 1000,
+        beta_start: float = DEFAULT_BETA_START,
+        beta_end: float = DEFAULT_BETA_END,
+        *,
+        scale_to_length: bool = False,
     ) -> NoiseSchedule:
-        """The linear schedule of Ho et al. (2020); see :func:`linear_betas` for the defaults."""
-        betas = linear_betas(num_train_timesteps, beta_start, beta_end)
+        """The linear schedule of Ho et al. (2020) over T steps; see :func:`linear_betas`.
+
+        ``config`` records the betas actually used (after any scaling), so :meth:`from_config`
+        rebuilds exactly these betas.
+        """
+        betas = linear_betas(num_train_timesteps, beta_start, beta_end, scale_to_length=scale_to_length)
         config = {
             "kind": "linear",
             "num_train_timesteps": int(num_train_timesteps),

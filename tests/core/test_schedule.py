@@ -19,11 +19,46 @@ def test_linear_schedule_matches_ho_et_al():
     assert np.all(np.diff(schedule.alphas_cumprod) < 0)
 
 
-def test_linear_schedule_scales_for_other_lengths():
-    short = NoiseSchedule.linear(100)
+def test_linear_schedule_keeps_the_given_betas_for_any_length():
+    """T = 350 with 1e-4..2e-2 is 1e-4..2e-2, not silently rescaled to 2.86e-4..0.0571."""
+    for T in (100, 350, 1000):
+        schedule = NoiseSchedule.linear(T)
+        assert schedule.betas[0] == 1e-4 and schedule.betas[-1] == 0.02 and len(schedule) == T
+    given = NoiseSchedule.linear(350, beta_start=2e-4, beta_end=0.03)
+    assert given.betas[0] == 2e-4 and given.betas[-1] == 0.03
+    assert given.config == {"kind": "linear", "num_train_timesteps": 350, "beta_start": 2e-4, "beta_end": 0.03}
+    with pytest.raises(ValueError, match="beta_start <= beta_end"):
+        NoiseSchedule.linear(10, beta_start=0.02, beta_end=0.01)
+
+
+def test_linear_schedule_scales_only_when_asked():
+    short = NoiseSchedule.linear(100, scale_to_length=True)
     assert short.betas[0] == pytest.approx(1e-3)
     assert short.betas[-1] == pytest.approx(0.2)
     assert short.alphas_cumprod[-1] < 1e-3  # x_T is still (nearly) pure noise
+    flowers = NoiseSchedule.linear(350, scale_to_length=True)
+    assert flowers.betas[0] == pytest.approx(2.857e-4, rel=1e-3)
+    assert flowers.betas[-1] == pytest.approx(0.05714, rel=1e-3)
+    assert NoiseSchedule.linear(10, 1e-4, 0.5, scale_to_length=True).betas[-1] == 0.999  # capped
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        NoiseSchedule.linear(350),
+        NoiseSchedule.linear(350, scale_to_length=True),
+        NoiseSchedule.linear(77, beta_start=1.234567e-4, beta_end=0.0234567),
+        NoiseSchedule.linear(100, 1e-4, 0.02, scale_to_length=True),
+        NoiseSchedule.cosine(350),
+    ],
+    ids=repr,
+)
+def test_the_stored_config_rebuilds_the_same_betas_bit_for_bit(schedule):
+    import json
+
+    rebuilt = NoiseSchedule.from_config(json.loads(json.dumps(schedule.config)))
+    np.testing.assert_array_equal(rebuilt.betas, schedule.betas)
+    np.testing.assert_array_equal(rebuilt.alphas_cumprod, schedule.alphas_cumprod)
 
 
 def test_cosine_schedule_matches_closed_form():
