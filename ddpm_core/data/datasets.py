@@ -1,4 +1,5 @@
-"""Training data sets: in-memory images (MNIST, a folder of images) and the 2D checkerboard.
+"""Training data sets: in-memory images (MNIST here; folders and .npy arrays in their own modules)
+and the 2D checkerboard.
 
 Each data set hands out random batches as float tensors in [-1, 1] with integer labels, so the
 trainer needs no DataLoader: everything small enough for this project fits in memory.
@@ -14,11 +15,10 @@ import numpy as np
 import torch
 
 from ddpm_core.data.mnist import MNIST_CLASS_NAMES, load_mnist
+from ddpm_core.data.resize import resize_square
 from ddpm_core.errors import DatasetError
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 class TrainingData(Protocol):
@@ -34,13 +34,17 @@ class TrainingData(Protocol):
 
 
 class ImageData:
-    """Images held in memory as uint8 (N, C, H, W), drawn in shuffled epochs."""
+    """Images held in memory as uint8 (N, C, H, W), drawn in shuffled epochs.
+
+    ``labels`` (N,) index ``class_names``; with no class names the data is unconditional.
+    """
 
     def __init__(self, name: str, images: np.ndarray, labels: np.ndarray, class_names: list[str]) -> None:
         if images.ndim != 4 or len(images) == 0 or len(images) != len(labels):
             raise DatasetError(f"{name}: need a non-empty (N, C, H, W) image array with one label each")
         self.name = name
-        self.images = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))
+        # copies only what is not already an owned, writable, contiguous uint8 array (a memmap is copied)
+        self.images = torch.from_numpy(np.require(images, np.uint8, ["C_CONTIGUOUS", "WRITEABLE", "OWNDATA"]))
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.class_names = list(class_names)
         self.sample_shape = tuple(self.images.shape[1:])
@@ -49,6 +53,14 @@ class ImageData:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def unconditional(self) -> ImageData:
+        """The same images without classes (every label 0, no class names), for an unconditional model."""
+        data = ImageData.__new__(ImageData)
+        data.__dict__.update(self.__dict__)
+        data.labels = torch.zeros(len(self.images), dtype=torch.int64)
+        data.class_names = []
+        return data
 
     def sample_batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The next ``batch_size`` images of the shuffled epoch, (B, C, H, W) float in [-1, 1], and labels (B,)."""
@@ -67,48 +79,20 @@ class ImageData:
         return images, self.labels[index]
 
 
-def load_mnist_data(data_dir: str | Path, split: str = "train", download: bool = True) -> ImageData:
-    """MNIST as an :class:`ImageData` of (N, 1, 28, 28) images with classes '0' to '9'."""
-    images, labels = load_mnist(data_dir, split, download=download)
-    return ImageData("mnist", images[:, None], labels, MNIST_CLASS_NAMES)
+def load_mnist_data(
+    data_dir: str | Path, split: str = "train", download: bool = True, image_size: int | None = None
+) -> ImageData:
+    """MNIST as an :class:`ImageData` of (N, 1, S, S) images with classes '0' to '9'.
 
-
-def load_image_folder(root: str | Path, image_size: int, channels: int) -> ImageData:
-    """Images from ``root/<class name>/*.png`` (any common format), resized to a centred square.
-
-    ``channels`` is 1 (grey) or 3 (RGB). Class names are the sorted subfolder names.
+    ``image_size`` S defaults to MNIST's 28; another size resizes every digit bilinearly (28 -> 32
+    as a 32-pixel MNIST model is trained), so the data's shape is the one the model is built for.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"image folder {root} does not exist")
-    if channels not in (1, 3):
-        raise DatasetError(f"channels must be 1 or 3, got {channels}")
-    class_dirs = sorted(path for path in root.iterdir() if path.is_dir())
-    if not class_dirs:
-        raise DatasetError(f"{root} has no class subfolders (expected {root}/<class>/<image>)")
-    images, labels = [], []
-    for label, class_dir in enumerate(class_dirs):
-        for path in sorted(class_dir.iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(path) as image:
-                    image = image.convert("L" if channels == 1 else "RGB")
-                    side = min(image.size)
-                    left, top = (image.width - side) // 2, (image.height - side) // 2
-                    image = image.crop((left, top, left + side, top + side))
-                    image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
-                    array = np.asarray(image, dtype=np.uint8)
-            except (OSError, UnidentifiedImageError) as error:
-                raise DatasetError(f"cannot read image {path}: {error}") from None
-            images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
-            labels.append(label)
-    if not images:
-        raise DatasetError(f"no images found under {root}")
-    logger.info("loaded %d images in %d classes from %s", len(images), len(class_dirs), root)
-    return ImageData(f"folder:{root}", np.stack(images), np.asarray(labels), [path.name for path in class_dirs])
+    images, labels = load_mnist(data_dir, split, download=download)
+    images = images[:, None]
+    if image_size is not None and image_size != images.shape[-1]:
+        images = resize_square(images, image_size)
+        logger.info("resized MNIST digits from 28 to %d pixels (bilinear)", image_size)
+    return ImageData("mnist", images, labels, MNIST_CLASS_NAMES)
 
 
 class CheckerboardData:
