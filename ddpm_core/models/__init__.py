@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from ddpm_core.models.mlp import MLPConfig, MLPDenoiser
-from ddpm_core.models.unet import UNet, UNetConfig
+from ddpm_core.models.unet import UNet, UNetConfig, default_attention_resolutions
 
 MODEL_KINDS: dict[str, tuple[type, type[nn.Module]]] = {
     "unet": (UNetConfig, UNet),
@@ -35,4 +35,13 @@ def build_model(kind: str, config: dict[str, Any] | UNetConfig | MLPConfig) -> n
     return model_class(config)
 
 
-__all__ = ["MLPConfig", "MLPDenoiser", "UNet", "UNetConfig", "MODEL_KINDS", "build_model", "model_kind"]
+__all__ = [
+    "MLPConfig",
+    "MLPDenoiser",
+    "UNet",
+    "UNetConfig",
+    "MODEL_KINDS",
+    "build_model",
+    "default_attention_resolutions",
+    "model_kind",
+]

@@ -80,6 +80,18 @@ class UNetConfig(StoredConfig):
         return (self.in_channels, self.image_size, self.image_size)
 
 
+def default_attention_resolutions(image_size: int, num_levels: int) -> tuple[int, ...]:
+    """Where self-attention goes when none is asked for: at image_size/4 for a U-Net of three or
+    more levels (7 for 28 px, 8 for 32, 16 for 64), at image_size/2 for two levels, nowhere for
+    one (the middle block attends at the lowest resolution anyway). Each is a resolution the down
+    path reaches, so any image size the levels divide builds without further options."""
+    if num_levels >= 3:
+        return (image_size // 4,)
+    if num_levels == 2:
+        return (image_size // 2,)
+    return ()
+
+
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017), shape (B,) -> (B, dim)."""
     half = dim // 2

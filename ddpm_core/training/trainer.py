@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ddpm_core.checkpoint import save_checkpoint
 from ddpm_core.data.datasets import ImageData, TrainingData
 from ddpm_core.device import pick_device
-from ddpm_core.errors import CheckpointError
+from ddpm_core.errors import CheckpointError, DatasetError
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.training.ema import EMA
 from ddpm_core.training.state import load_training_state, save_training_state
@@ -70,6 +70,27 @@ class TrainConfig:
 SampleWriter = Callable[[nn.Module, int, Path], None]
 
 
+def check_model_fits_data(model: nn.Module, data: TrainingData) -> None:
+    """Refuse, before any step, a model whose sample shape or class count is not the data's.
+
+    Raises:
+        DatasetError: the model takes samples of another shape (C, H, W) or (D,), or has another
+            number of classes than the data set names.
+    """
+    config = getattr(model, "config", None)
+    model_shape = tuple(getattr(config, "sample_shape", data.sample_shape))
+    if model_shape != tuple(data.sample_shape):
+        raise DatasetError(
+            f"the model takes samples of shape {list(model_shape)} but {data.name} has {list(data.sample_shape)}"
+        )
+    num_classes = int(getattr(model, "num_classes", 0))
+    if num_classes != len(data.class_names):
+        raise DatasetError(
+            f"the model has {num_classes} classes but {data.name} has {len(data.class_names)}"
+            + (f" ({', '.join(data.class_names[:10])})" if data.class_names else "")
+        )
+
+
 class Trainer:
     """Trains ``model`` on ``data`` under ``schedule``, writing to ``run_dir``:
 
@@ -91,6 +112,7 @@ class Trainer:
         sample_writer: SampleWriter | None = None,
         progress: bool = True,
     ) -> None:
+        check_model_fits_data(model, data)
         self.config = config
         self.schedule = schedule
         self.data = data
