@@ -26,7 +26,7 @@ from ddpm_core.checkpoint_header import (
     inference_defaults,
     read_checkpoint_info,
 )
-from ddpm_core.errors import CheckpointError
+from ddpm_core.errors import CheckpointError, UsageError
 from ddpm_core.models import build_model, model_kind
 from ddpm_core.schedule import NoiseSchedule
 
@@ -48,6 +48,29 @@ class LoadedCheckpoint:
     def num_classes(self) -> int:
         """Number of classes; 0 for an unconditional model."""
         return len(self.class_names)
+
+    def class_index(self, label: str | int) -> int:
+        """The index of a class given by name, or by index (an int or its decimal string).
+
+        A name is looked up first, so a model whose classes are '0'..'9' reads '3' as the class
+        named '3' (which is index 3).
+
+        Raises:
+            UsageError: the model is unconditional, or has no such class (its classes listed).
+        """
+        if not self.class_names:
+            raise UsageError(f"{self.path} is an unconditional model (it has no classes): --class is not allowed")
+        text = str(label).strip()
+        if text in self.class_names:
+            return self.class_names.index(text)
+        if text.isdigit() and int(text) < self.num_classes:
+            return int(text)
+        shown = ", ".join(self.class_names[:20])
+        if self.num_classes > 20:
+            shown += f" and {self.num_classes - 20} more"
+        raise UsageError(
+            f"unknown class {text!r}: this model's classes are {shown} (or an index 0 to {self.num_classes - 1})"
+        )
 
     @property
     def model_kind(self) -> str:

@@ -25,8 +25,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "sample", help="sample from a checkpoint", description="Sample from a trained checkpoint."
     )
     parser.add_argument("--checkpoint", required=True, type=Path)
-    parser.add_argument("--digit", type=int, help="class to draw (default: unconditional)")
-    parser.add_argument("--all-classes", action="store_true", help="draw --n samples of every class, a grid row each")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--class",
+        dest="class_label",
+        metavar="NAME|INDEX",
+        help="class to draw, by name (e.g. hero) or index (default: unconditional)",
+    )
+    which.add_argument("--digit", type=int, help="class to draw by index, e.g. a digit of an MNIST model")
+    which.add_argument("--all-classes", action="store_true", help="draw --n samples of every class, a grid row each")
     parser.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
     parser.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
     parser.add_argument("--steps", type=int, help="sampling steps (default: all training steps)")
@@ -46,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise UsageError("--n must be at least 1")
     checkpoint = load_checkpoint(args.checkpoint, device=pick_device(args.device))
-    if args.all_classes and (args.digit is not None or checkpoint.num_classes == 0):
-        raise UsageError("--all-classes needs a class-conditional model and no --digit")
+    if args.all_classes and checkpoint.num_classes == 0:
+        raise UsageError(f"{args.checkpoint} is an unconditional model: --all-classes is not allowed")
     if args.digit is not None:
         if checkpoint.num_classes == 0:
             raise UsageError(f"{args.checkpoint} is an unconditional model: --digit is not allowed")
@@ -55,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--digit {args.digit} is out of range: this model has classes 0 to {checkpoint.num_classes - 1}"
             )
+    label = args.digit
+    if args.class_label is not None:
+        label = checkpoint.class_index(args.class_label)
+        logger.info("drawing class %d (%s)", label, checkpoint.class_names[label])
     guidance = args.guidance if args.guidance is not None else checkpoint.defaults.default_guidance
     if guidance < 0:
         raise UsageError("--guidance must be >= 0")
@@ -66,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
     if args.gif:
         total = len(sampler.timesteps)
         recorder = ScatterRecorder(total) if is_points else FrameRecorder(total, columns=columns)
-    labels = [args.digit] * args.n if args.digit is not None else None
+    labels = [label] * args.n if label is not None else None
     if args.all_classes:
-        labels = [label for label in range(checkpoint.num_classes) for _ in range(args.n)]
+        labels = [index for index in range(checkpoint.num_classes) for _ in range(args.n)]
     started = time.perf_counter()
     samples = generate(
         checkpoint.model,
