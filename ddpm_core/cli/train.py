@@ -166,7 +166,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "noise for a short schedule; the end capped at 0.999). Off by default: the betas are used as given",
     )
     group = parser.add_argument_group("model")
-    group.add_argument("--base-channels", type=int, help="U-Net channels at the first level (default 16 for mnist)")
+    group.add_argument(
+        "--base-channels", type=int, help="U-Net channels at the first level (default 16 for mnist, 32 otherwise)"
+    )
     group.add_argument(
         "--channel-mult",
         type=int_list,

@@ -306,3 +306,16 @@ def test_the_large_recipes_build_the_sizes_the_readme_gives(kind, sample_shape, 
     count = sum(parameter.numel() for parameter in model.parameters())
     assert count / 1e6 == pytest.approx(millions, abs=0.01)
     assert model.config.attention_resolutions == (sample_shape[-1] // 4,)
+
+
+def test_resume_reads_the_data_as_the_run_did(tmp_path, capsys):
+    images, labels = write_sprites(tmp_path / "data", count=6, size=8)
+    dataset = ["--dataset", f"npy:{images},{labels}", "--out", tmp_path / "run"]
+    tiny = ["--channel-mult", "1,2", "--num-train-timesteps", 10, *TINY]
+    assert ddpm("train", *dataset, "--class-names", ",".join(SPRITES), "--image-size", 16, *tiny) == 0
+    line = fails(capsys, "train", *dataset, "--resume", "--max-steps", 4, "--no-progress")
+    assert "--resume: the data's classes [0, 1, 2, 3, 4] differ from the run's [hero," in line
+    resume = ["--resume", "--max-steps", 4, "--no-progress"]
+    assert ddpm("train", *dataset, "--class-names", ",".join(SPRITES), *resume) == 0
+    loaded = load_checkpoint(tmp_path / "run" / "model.safetensors")
+    assert loaded.training["steps"] == 4 and loaded.sample_shape == (3, 16, 16) and loaded.class_names == SPRITES
