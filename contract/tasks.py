@@ -1,5 +1,7 @@
 """The Celery side of the contract: the task's name and arguments, its queue and the app's
-configuration (Redis broker, JSON only, late acknowledgement, prefetch 1).
+configuration (Redis broker through :mod:`contract.broker`, JSON only, late acknowledgement,
+prefetch 1). Job time limits are the engine's (``DDPM_MAX_JOB_S``), not Celery's: its thread
+pool cannot enforce them.
 
 The API builds a sending-only app (no task module); a worker builds the same app with its task
 module included. Neither imports the other.
@@ -12,6 +14,7 @@ from typing import Any
 
 from celery import Celery
 
+from contract.broker import TRANSPORT
 from contract.settings import Settings
 from contract.spec import JobSpec
 
@@ -34,16 +37,18 @@ def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
-        # unacknowledged messages come back after the visibility timeout: every worker sweeps for
-        # them every few seconds (a sweep lock left by a killed worker expires in 30 s)
+        broker_connection_max_retries=None,  # ride out a Redis restart, however long
+        # the redelivery story is in contract.broker: the job store re-queues the jobs of dead
+        # workers; the broker's visibility timeout outlasts the longest job, so it never delivers
+        # a live job twice and only sweeps up stranded messages (a sweep lock left by a killed
+        # worker expires in 30 s)
+        broker_transport=TRANSPORT,
         broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout_s,
-            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 2)),
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+            "unacked_restore_interval": 10,
             "unacked_restore_throttle": 1,
             "unacked_mutex_expire": 30,
         },
-        task_time_limit=settings.max_job_s + 60,
-        task_soft_time_limit=settings.max_job_s,
         broker_pool_limit=4,
     )
     return app

@@ -217,18 +217,6 @@ class JobStore:
         """Drop queue entries older than the time to live (their jobs have expired)."""
         return int(self.client.zremrangebyscore(self.keys.queue, "-inf", time.time() - self.ttl_s))
 
-    def resend_due(self) -> list[JobRecord]:
-        """Queued jobs whose task may have been lost (sent over the visibility timeout ago),
-        each marked sent now: the caller sends their tasks again."""
-        due = []
-        after = self.settings.visibility_timeout_s
-        for job_id in self.client.zrangebyscore(self.keys.queue, "-inf", time.time() - after):
-            if int(self.transitions.resend(job_id, now=time.time(), resend_after_s=after)) == 1:
-                record = self.get(job_id)
-                if record is not None:
-                    due.append(record)
-        return due
-
     def requeue_abandoned(self) -> list[JobRecord]:
         """Put running jobs whose worker stopped back in the queue; their records."""
         s = self.settings

@@ -157,16 +157,3 @@ def test_the_queue_cap_is_atomic_under_concurrent_submissions(settings: Settings
     assert client.zcard(f"{settings.key_prefix}:queue") == 32
 
 
-def test_a_queued_job_whose_task_may_be_lost_is_resent_once(settings: Settings, worker_store: JobStore) -> None:
-    (job_id,) = create(settings)
-    assert worker_store.resend_due() == []  # sent just now
-    old = time.time() - settings.visibility_timeout_s - 1
-    worker_store.client.hset(worker_store.keys.job(job_id), "sent_at", repr(old))
-    worker_store.client.zadd(worker_store.keys.queue, {job_id: old})
-    (due,) = worker_store.resend_due()
-    assert due.id == job_id and due.spec == SPEC
-    assert worker_store.resend_due() == []  # marked sent: one caller resends, once per window
-    worker_store.worker_alive("w1")
-    worker_store.claim(job_id, "w1")
-    worker_store.client.hset(worker_store.keys.job(job_id), "sent_at", repr(old))
-    assert worker_store.resend_due() == []  # a running job is never resent

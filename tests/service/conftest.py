@@ -82,7 +82,6 @@ def service_env(redis_url: str, model_dir: Path, **extra: str) -> dict[str, str]
             "DDPM_PROGRESS_INTERVAL_S": "0",
             "DDPM_HEARTBEAT_S": "0.5",
             "DDPM_STALE_AFTER_S": "4",
-            "DDPM_VISIBILITY_TIMEOUT_S": "5",
             "PYTHONUNBUFFERED": "1",
             "OMP_NUM_THREADS": "1",
         }

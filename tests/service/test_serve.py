@@ -40,7 +40,6 @@ def serve_env(**extra: str) -> dict[str, str]:
         DDPM_HEARTBEAT_S="0.5",
         DDPM_WORKER_DEAD_AFTER_S="3",
         DDPM_STALE_AFTER_S="4",
-        DDPM_VISIBILITY_TIMEOUT_S="5",
         PYTHONUNBUFFERED="1",
         OMP_NUM_THREADS="1",
     )

@@ -1,0 +1,43 @@
+"""The broker transport: kombu's Redis transport, less the restore of unacknowledged messages
+when a channel closes.
+
+How a job is delivered again (the one redelivery story):
+
+- **A job whose worker stopped** (killed, crashed, cut off at its grace period) is re-queued by
+  the job store, not by the broker: every worker's housekeeping (:mod:`worker.housekeeping`)
+  finds running jobs whose worker has not reported for ``worker_dead_after_s`` (or whose
+  heartbeat went stale) and sends their task again, within seconds. The job record is the one
+  source of truth; the task is idempotent, so a duplicate message finds the job claimed or
+  finished and is dropped.
+- **The broker never re-delivers a live job**: its visibility timeout
+  (:attr:`contract.settings.Settings.broker_visibility_timeout_s`) is longer than the longest
+  job (``DDPM_MAX_JOB_S``, which the engine enforces) plus a margin. It only sweeps up a message
+  that a worker took from Redis and died with before it could claim the job (an instant), and
+  the leftover message of a job the job store already re-queued (dropped as a duplicate).
+  Queued jobs are never re-sent while they wait: the message waits in the Redis list.
+- Kombu restores a channel's unacknowledged messages when the channel closes. That path runs
+  when the broker connection drops (a Redis restart), where it cannot reach Redis and, in kombu
+  5.x, raises an ``AttributeError`` that Celery treats as unrecoverable: the worker exited. With
+  a thread pool and late acknowledgement, a worker holds no message it has not started, so the
+  restore has nothing to do that the job store does not already do: it is turned off here.
+
+Torch-free: the API's sending-only app uses it too.
+"""
+
+from __future__ import annotations
+
+from kombu.transport import redis as kombu_redis
+
+TRANSPORT = "contract.broker:Transport"
+
+
+class Channel(kombu_redis.Channel):
+    """Kombu's Redis channel without the restore of unacknowledged messages at close."""
+
+    do_restore = False
+
+
+class Transport(kombu_redis.Transport):
+    """Kombu's Redis transport with :class:`Channel`."""
+
+    Channel = Channel
