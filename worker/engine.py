@@ -58,18 +58,18 @@ import torch
 from torch import nn
 
 from ddpm_core.batching import Forward, denoise_step
-from ddpm_core.compiled import DEFAULT_MAX_BATCH, BucketedForward
+from ddpm_core.compiled import DEFAULT_MAX_BATCH, BucketedForward, dummy_inputs
 from ddpm_core.errors import GenerationCancelled
 from ddpm_core.pipeline import Generation
 from ddpm_core.samplers import SAMPLERS, DDIMSampler, DDPMSampler, make_sampler
 from ddpm_core.schedule import NoiseSchedule
-from worker.engine_job import EngineClosed, EngineJob, EngineRequest, EngineStats, StepCallback
+from worker.engine_job import EngineClosed, EngineJob, EngineRequest, EngineStats, JobTimeLimit, StepCallback
 
 if TYPE_CHECKING:
     from ddpm_core.checkpoint import LoadedCheckpoint
 
 logger = logging.getLogger(__name__)
-__all__ = ["Engine", "EngineClosed", "EngineJob", "EngineRequest", "EngineStats", "StepCallback"]
+__all__ = ["Engine", "EngineClosed", "EngineJob", "EngineRequest", "EngineStats", "JobTimeLimit", "StepCallback"]
 
 
 @dataclass
@@ -193,6 +193,8 @@ class Engine:
             raise ValueError("n must be at least 1")
         if request.eta and request.sampler != "ddim":
             raise ValueError("eta is for the ddim sampler only")
+        if request.time_limit_s is not None and request.time_limit_s <= 0:
+            raise ValueError("time_limit_s must be positive")
         if request.seeds is not None and len(request.seeds) != request.n:
             raise ValueError(f"{len(request.seeds)} seeds for {request.n} samples")
         labels = request.class_labels()
@@ -236,7 +238,14 @@ class Engine:
             snapshot.running = len(self._running)
             snapshot.running_rows = sum(job.rows for job in self._running)
         snapshot.padded_rows = int(getattr(self.forward, "padded_rows", 0))
+        snapshot.buckets_compiled = len(getattr(self.forward, "compiled_buckets", ()))
+        snapshot.buckets_total = len(getattr(self.forward, "buckets", ()))
         return snapshot
+
+    @property
+    def closed(self) -> bool:
+        """Whether the engine stopped accepting jobs (closing, closed or crashed)."""
+        return self._closing
 
     def warmup(self, timeout: float | None = None) -> dict[int, float]:
         """Run the forward's ``warmup()`` (every bucket once: compiles, records CUDA graphs) on
@@ -245,6 +254,18 @@ class Engine:
         if warm is None:
             return {}
         return self.call_on_engine_thread(warm, timeout=timeout)
+
+    def warmup_eager(self, timeout: float | None = None) -> float:
+        """Run the model once, eagerly, on one dummy sample on the engine thread (proves that it
+        runs, before jobs are sent to it); the seconds it took."""
+
+        def run() -> float:
+            started = time.perf_counter()
+            sample, timesteps, labels = dummy_inputs(1, self.sample_shape, self.num_classes, self.device)
+            self.model(sample, timesteps, labels)
+            return time.perf_counter() - started
+
+        return self.call_on_engine_thread(run, timeout=timeout)
 
     def call_on_engine_thread(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
         """Run ``fn()`` on the engine thread between ticks and return its result (or raise its error)."""
@@ -353,14 +374,27 @@ class Engine:
             self._end(job, "failed", error=error)
 
     def _drop_cancelled(self) -> None:
+        """End the jobs cancelled or past their time limit before the next tick."""
+        now = time.monotonic()
         with self._lock:
-            cancelled = [job for job in (*self._running, *self._queue) if job.cancel_requested]
-            if not cancelled:
+            ending = [
+                job
+                for job in (*self._running, *self._queue)
+                if job.cancel_requested or (job.deadline is not None and now >= job.deadline)
+            ]
+            if not ending:
                 return
-            self._running = [job for job in self._running if not job.cancel_requested]
-            self._queue = deque(job for job in self._queue if not job.cancel_requested)
-        for job in cancelled:
-            self._end(job, "cancelled", error=GenerationCancelled(job.step, job.total))
+            self._running = [job for job in self._running if job not in ending]
+            self._queue = deque(job for job in self._queue if job not in ending)
+        for job in ending:
+            if job.cancel_requested:
+                self._end(job, "cancelled", error=GenerationCancelled(job.step, job.total))
+                continue
+            limit = job.request.time_limit_s
+            error = JobTimeLimit(
+                f"the job ran past its time limit of {limit:g} s; stopped after {job.step} of {job.total} steps"
+            )
+            self._end(job, "failed", error=error)
 
     def _admit(self) -> None:
         """Move queued jobs into the running set (policy in the module docstring)."""

@@ -26,6 +26,10 @@ class EngineClosed(RuntimeError):
     """The engine was closed: no new jobs, and jobs it dropped end with this error."""
 
 
+class JobTimeLimit(RuntimeError):
+    """The job ran past its time limit (``EngineRequest.time_limit_s``) and was stopped."""
+
+
 @dataclass(frozen=True)
 class EngineRequest:
     """One generation job.
@@ -41,6 +45,8 @@ class EngineRequest:
             must be n. A sample drawn with seed s is the sample ``seed=s`` gives alone.
         digit: the class of every sample; None: unconditional.
         labels: one class (or None) per sample instead of ``digit``; its length must be n.
+        time_limit_s: the most seconds from submission to the end; past it the engine stops the
+            job, which fails with :class:`JobTimeLimit`. None: no limit.
     """
 
     n: int = 1
@@ -52,6 +58,7 @@ class EngineRequest:
     digit: int | None = None
     labels: tuple[int | None, ...] | None = None
     seeds: tuple[int, ...] | None = None
+    time_limit_s: float | None = None
 
     def class_labels(self) -> list[int | None] | None:
         """The per-sample labels for :class:`~ddpm_core.pipeline.Generation`."""
@@ -84,6 +91,8 @@ class EngineStats:
     running: int = 0
     running_rows: int = 0
     padded_rows: int = 0
+    buckets_compiled: int = 0  # forward buckets that run compiled code (the others run eagerly)
+    buckets_total: int = 0
 
     @property
     def mean_rows_per_tick(self) -> float:
@@ -128,6 +137,7 @@ class EngineJob:
         self.step = 0
         self.status = "queued"
         self.submitted_at = time.monotonic()
+        self.deadline = None if request.time_limit_s is None else self.submitted_at + request.time_limit_s
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.started_tick: int | None = None

@@ -186,7 +186,13 @@ def run_job(
         loaded, engine = engines.for_spec(spec)
         channel = JobChannel(spec.steps, tuple(loaded.sample_shape) == (2,), settings)
         request = EngineRequest(
-            n=spec.n, sampler=spec.sampler, steps=spec.steps, guidance=spec.guidance, seed=spec.seed, digit=spec.digit
+            n=spec.n,
+            sampler=spec.sampler,
+            steps=spec.steps,
+            guidance=spec.guidance,
+            seed=spec.seed,
+            digit=spec.digit,
+            time_limit_s=settings.max_job_s,
         )
         handle = engine.submit(request, on_step=channel.on_step)
         reporter = JobReporter(store, job_id, channel, settings)
@@ -198,7 +204,8 @@ def run_job(
         reporter.publish(channel.take(timeout=0))
         samples = handle.result()  # (n, *shape); raises the job's error
         if checker is not None:
-            samples, check = digit_check(checker, loaded, engine, spec, samples, store, job_id, cancel)
+            deadline = started + settings.max_job_s
+            samples, check = digit_check(checker, loaded, engine, spec, samples, store, job_id, cancel, deadline)
         host = engine.call_on_engine_thread(lambda: host_copy(samples, channel.is_points))
         grid = scatter_image(host) if channel.is_points else make_grid(host, scale=2)
         png, gif = png_bytes(grid), gif_bytes(channel.recorder.frames)
@@ -227,6 +234,7 @@ def digit_check(
     store: JobStore,
     job_id: str,
     cancel: CancelPoll,
+    deadline: float,
 ) -> tuple[torch.Tensor, DigitCheck]:
     """The job's final samples and their check; redraws run on ``engine`` beside other jobs.
 
@@ -252,6 +260,7 @@ def digit_check(
             guidance=spec.guidance,
             digit=spec.digit,
             seeds=tuple(seeds),
+            time_limit_s=max(deadline - time.perf_counter(), 1e-3),
         )
         try:
             handle = engine.submit(request)

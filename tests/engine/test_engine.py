@@ -321,6 +321,10 @@ def test_engine_over_a_bucketed_forward_with_warmup(model):
     with engine:
         assert engine.max_batch == 8
         assert set(engine.warmup(timeout=WAIT)) == {2, 8}
+        assert (engine.stats().buckets_compiled, engine.stats().buckets_total) == (0, 2)  # eager: not compiled
+        for bucket in forward.buckets:  # what the background compiler does: each bucket swapped in
+            forward.install(bucket, model)
+        assert engine.stats().buckets_compiled == 2
         jobs = [engine.submit(request) for request in REQUESTS[1:]]
         results = [job.result(WAIT) for job in jobs]
     for request, result in zip(REQUESTS[1:], results, strict=True):
