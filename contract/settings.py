@@ -9,6 +9,7 @@ request schema from it, so validation and ``/openapi.json`` always agree with th
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -58,16 +59,16 @@ class Settings(BaseSettings):
     torch_threads: int | None = None
     jobs_in_flight: int = Field(16, ge=1, le=1024)  # jobs one worker process holds at once (its Celery threads)
     max_batch: int | None = Field(None, ge=1)  # rows per batched forward; None: 64 on CPU, 256 on CUDA
-    compile: bool = True  # torch.compile the forward (buckets warmed before the worker reports ready)
+    compile: bool = True  # compile the forward's buckets in the background (eager until each is ready)
+    compile_cache_dir: Path | None = None  # None: $XDG_CACHE_HOME/ddpm-service/compile (or ~/.cache/...)
     max_loaded_models: int = Field(4, ge=1)  # models (with their engines) a worker keeps; idle ones go first
-    max_job_s: int = Field(2 * 3600, ge=1)
+    max_job_s: int = Field(2 * 3600, ge=1)  # a job running longer is cancelled by the engine and fails
     # the per-digit check: the evaluation classifier's file; None: mnist_classifier.safetensors in
     # the model directory; an empty string turns the check off
     classifier: str | None = None
-    # a task message not acknowledged this long is delivered again: the task is idempotent (a
-    # live job's duplicate is skipped), so a message a dead worker had taken but not yet run is
-    # not stranded
-    visibility_timeout_s: int = Field(60, ge=1)
+    # the broker delivers a task message not acknowledged this long again (contract.broker); None:
+    # max_job_s plus 5 minutes, so that a live job's message is never delivered twice
+    visibility_timeout_s: int | None = Field(None, ge=1)
     heartbeat_s: float = Field(2.0, gt=0)
     stale_after_s: float = Field(60.0, gt=0)  # a running job without heartbeat this long is re-run
     worker_dead_after_s: float = Field(10.0, gt=0)  # a worker silent this long is dead: its jobs are re-run
@@ -93,6 +94,19 @@ class Settings(BaseSettings):
             default_ddim_steps=self.default_ddim_steps,
             max_guidance=self.max_guidance,
         )
+
+    @property
+    def compile_cache_path(self) -> Path:
+        """Where compiled forwards are kept across restarts (``compile_cache_dir`` or the user's cache)."""
+        if self.compile_cache_dir is not None:
+            return Path(self.compile_cache_dir)
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "ddpm-service" / "compile"
+
+    @property
+    def broker_visibility_timeout_s(self) -> int:
+        """The broker's visibility timeout: ``visibility_timeout_s``, else longer than any job."""
+        return self.visibility_timeout_s or self.max_job_s + 300
 
     @property
     def classifier_path(self) -> Path | None:

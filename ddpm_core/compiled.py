@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -224,6 +224,9 @@ class BucketedForward:
         if self.options.compile:
             _raise_recompile_limit(len(self.options.buckets) + 2)
             self._module = torch.compile(model, mode=self.options.mode, dynamic=False)
+        # bucket -> its compiled forward; a bucket without one runs eagerly (see install, warmup)
+        self._compiled: dict[int, Callable[..., torch.Tensor]] = {}
+        self.bucket_uses: dict[int, int] = {}
         self.calls = 0
         self.rows = 0
         self.padded_rows = 0
@@ -236,6 +239,18 @@ class BucketedForward:
     @property
     def buckets(self) -> tuple[int, ...]:
         return self.options.buckets
+
+    @property
+    def compiled_buckets(self) -> tuple[int, ...]:
+        """The buckets that run compiled code (the others run eagerly), ascending."""
+        return tuple(sorted(self._compiled))
+
+    def install(self, bucket: int, forward: Callable[..., torch.Tensor]) -> None:
+        """Serve batches of ``bucket`` rows with ``forward(x, t, y)`` (e.g. a package of
+        :mod:`ddpm_core.aot`) from the next call on; safe to call from another thread."""
+        if bucket not in self.options.buckets:
+            raise ValueError(f"{bucket} is not one of the buckets {self.options.buckets}")
+        self._compiled[bucket] = forward  # one dict store: the caller's thread sees old or new
 
     def bucket_for(self, rows: int) -> int:
         """The padded size of a batch of ``rows`` (<= max_batch) rows: the smallest bucket that
@@ -262,20 +277,25 @@ class BucketedForward:
     def _run(self, sample: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         rows = sample.shape[0]
         bucket = self.bucket_for(rows)
+        self.bucket_uses[bucket] = self.bucket_uses.get(bucket, 0) + 1
+        compiled = self._compiled.get(bucket)
+        if compiled is None:  # not compiled (yet): eager, unpadded
+            self.calls += 1
+            self.rows += rows
+            with torch.inference_mode(), self._context(compiling=False):
+                output = self.model(sample, timesteps, class_labels)
+            return output if output.dtype == torch.float32 else output.float()
         self.calls += 1
         self.rows += rows
         self.padded_rows += bucket - rows
-        with torch.inference_mode(), self._context():
-            if self.options.compile:
-                # Fresh contiguous inference tensors whatever the caller gave (a normal tensor,
-                # an expanded timestep with stride 0): dynamo guards on both, and any change
-                # would recompile a bucket.
-                sample, timesteps, class_labels = self._padded(sample, timesteps, class_labels, bucket)
-            elif bucket > rows:
-                sample, timesteps, class_labels = self._padded(sample, timesteps, class_labels, bucket)
-            if self.options.cudagraphs:
+        with torch.inference_mode(), self._context(compiling=True):
+            # Fresh contiguous inference tensors whatever the caller gave (a normal tensor, an
+            # expanded timestep with stride 0): dynamo guards on both, and any change would
+            # recompile a bucket; a package wants its exact shapes.
+            sample, timesteps, class_labels = self._padded(sample, timesteps, class_labels, bucket)
+            if self.options.cudagraphs and compiled is self._module:
                 torch.compiler.cudagraph_mark_step_begin()
-            output = self._module(sample, timesteps, class_labels)
+            output = compiled(sample, timesteps, class_labels)
         output = output[:rows]
         if output.dtype != torch.float32:
             return output.float()  # a copy, out of any CUDA graph's memory
@@ -296,34 +316,57 @@ class BucketedForward:
             padded_labels[:rows] = class_labels
         return padded_sample, padded_timesteps, padded_labels
 
-    def _context(self) -> contextlib.AbstractContextManager:
+    def _context(self, compiling: bool) -> contextlib.AbstractContextManager:
         stack = contextlib.ExitStack()
         if self.options.dtype != torch.float32:
             stack.enter_context(torch.autocast(device_type=self.options.device_type, dtype=self.options.dtype))
-        if self.options.compile and self.options.freezing:
+        if compiling and self.options.compile and self.options.freezing:
             stack.enter_context(torch._inductor.config.patch(freezing=True))
         return stack
 
     def warmup(self, buckets: Sequence[int] | None = None) -> dict[int, float]:
-        """Run each bucket (default: all; the max batch when there are none) once with
-        dummy inputs; returns {bucket: seconds of its first call} (compile time, when
-        compiling) and keeps them in ``compile_seconds``."""
+        """Compile (when compiling in process) and run each bucket (default: all; the max batch
+        when there are none) with dummy inputs; {bucket: seconds}, also kept in
+        ``compile_seconds``. A compiled bucket serves calls only once it is warm; with CUDA graphs
+        it runs three times (warm-up, graph recording, a first replay), so no live call records
+        a graph. Call it from the thread that calls the forward."""
         sizes = tuple(buckets) if buckets is not None else (self.options.buckets or (self.max_batch,))
+        runs = 3 if self.options.cudagraphs else 1
         seconds = {}
         for size in sizes:
-            sample = torch.zeros((size, *self.sample_shape), device=self.device)
-            timesteps = torch.zeros(size, dtype=torch.long, device=self.device)
-            labels = torch.full((size,), self.num_classes, device=self.device) if self.num_classes else None
+            sample, timesteps, labels = dummy_inputs(size, self.sample_shape, self.num_classes, self.device)
+            uses = self.bucket_uses.get(size, 0)
+            if self.options.compile and size in self.options.buckets:
+                self._compiled[size] = self._module
             started = time.perf_counter()
-            self._run(sample, timesteps, labels)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
+            try:
+                for _ in range(runs):
+                    self._run(sample, timesteps, labels)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+            except BaseException:
+                if self._compiled.get(size) is self._module:
+                    del self._compiled[size]
+                raise
+            finally:
+                self.calls -= runs
+                self.rows -= runs * size
+                self.bucket_uses[size] = uses
             seconds[size] = time.perf_counter() - started
             logger.info("forward bucket %d ready in %.2f s", size, seconds[size])
-        self.calls -= len(sizes)
-        self.rows -= sum(sizes)
         self.compile_seconds.update(seconds)
         return seconds
+
+
+def dummy_inputs(
+    size: int, sample_shape: Sequence[int], num_classes: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Inputs of one bucket: x (size, *sample_shape) zeros, t (size,) zeros and, for a
+    conditional model, y (size,) filled with the null label ``num_classes``."""
+    sample = torch.zeros((size, *sample_shape), device=device)
+    timesteps = torch.zeros(size, dtype=torch.long, device=device)
+    labels = torch.full((size,), num_classes, device=device) if num_classes else None
+    return sample, timesteps, labels
 
 
 def _default_sample_shape(model: nn.Module) -> tuple[int, ...]:

@@ -1,8 +1,15 @@
 """The engines of one worker process: one :class:`~worker.engine.Engine` per loaded model
-(keyed by the SHA-256 of its weights), built with the settings' batch cap and compile option.
+(keyed by the SHA-256 of its weights), built with the settings' batch cap.
 
-An engine that compiles warms every bucket when it is built, on its own thread; the worker
-builds the default model's engine before it reports ready, so ``/readyz`` waits for the warm-up.
+An engine serves eager forwards from the moment its model is loaded and has run one forward
+(which proves the model runs); the pool then hands it to the process's
+:class:`~worker.compiler.BucketCompiler`, which compiles its buckets in the background.
+
+No lock is held across slow work: the pool's lock guards its dictionaries only. The first job
+for a model builds its engine; jobs for the same model wait for that build (a future), jobs
+for other models and the heartbeat never do. A model whose load or first forward fails is
+closed cleanly (no thread left running) and remembered: until its backoff (10 s, doubling up to
+10 minutes) has passed, its jobs fail at once with the same reason instead of loading it again.
 """
 
 from __future__ import annotations
@@ -11,83 +18,165 @@ import dataclasses
 import logging
 import threading
 import time
+from concurrent.futures import Future
+from dataclasses import dataclass
 
 from contract.settings import Settings
 from contract.spec import JobSpec
 from ddpm_core.checkpoint import LoadedCheckpoint
+from ddpm_core.compiled import BucketedForward, power_of_two_buckets, resolve_forward_options
+from worker.compiler import BucketCompiler
 from worker.engine import Engine, EngineStats
 from worker.models import ModelCache
 
 logger = logging.getLogger(__name__)
 IDLE_BEFORE_EVICTION_S = 60.0
+FIRST_BACKOFF_S = 10.0
+MAX_BACKOFF_S = 600.0
+
+
+class ModelUnavailable(RuntimeError):
+    """The model failed to load or to run recently; its jobs fail until the backoff passes."""
+
+
+@dataclass
+class _Failure:
+    message: str
+    retry_at: float
+    backoff_s: float
 
 
 class EnginePool:
-    """Models and their engines in this process (thread-safe)."""
+    """Models and their engines in this process (thread-safe).
 
-    def __init__(self, models: ModelCache, settings: Settings) -> None:
+    Args:
+        models: the process's loaded checkpoints.
+        settings: the batch cap, compile switch and model limit.
+        compiler: compiles new engines' buckets in the background (None: eager only).
+    """
+
+    def __init__(self, models: ModelCache, settings: Settings, compiler: BucketCompiler | None = None) -> None:
         self.models = models
         self.settings = settings
-        self._engines: dict[str, Engine] = {}
+        self.compiler = compiler
+        self._engines: dict[str, Future[tuple[LoadedCheckpoint, Engine]]] = {}
+        self._failures: dict[str, _Failure] = {}
         self._last_used: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def for_spec(self, spec: JobSpec) -> tuple[LoadedCheckpoint, Engine]:
-        """The model ``spec`` names (its exact weights) and the engine that runs it."""
-        loaded = self.models.for_spec(spec)
+        """The model ``spec`` names (its exact weights) and the engine that runs it.
+
+        Raises:
+            ModelUnavailable: the model failed recently (within its backoff).
+            Exception: the load's or first forward's error, for the job that tried.
+        """
+        key = spec.weights_sha256
+        now = time.monotonic()
         with self._lock:
-            engine = self._engines.get(loaded.weights_sha256)
-            if engine is None:
-                engine = self._build(spec.model, loaded)
-                self._engines[loaded.weights_sha256] = engine
-            self._last_used[loaded.weights_sha256] = time.monotonic()
-            self._evict_idle()
+            future = self._engines.get(key)
+            builder = future is None
+            if builder:
+                failure = self._failures.get(key)
+                if failure is not None and now < failure.retry_at:
+                    raise ModelUnavailable(
+                        f"model {spec.model!r} is unavailable (next try in {failure.retry_at - now:.0f} s): "
+                        f"{failure.message}"
+                    )
+                future = Future()
+                self._engines[key] = future
+            self._last_used[key] = now
+        if builder:
+            self._build(spec, future)
+        loaded, engine = future.result()  # raises the build's error
+        with self._lock:
+            self._last_used[key] = time.monotonic()
+            evicted = self._take_idle()
+        for weights, idle in evicted:
+            idle.close(drain=False, timeout=10)
+            self.models.forget(weights)
+            logger.info("unloaded model weights %s (idle)", weights[:12])
         return loaded, engine
 
-    def _evict_idle(self) -> None:
-        """Past ``max_loaded_models``, close the least recently used engines that hold no job
-        and were not asked for in the last minute (a model replaced on disk leaves its old
-        weights here until then: jobs queued for them still run on them)."""
-        excess = len(self._engines) - self.settings.max_loaded_models
-        if excess <= 0:
+    def _build(self, spec: JobSpec, future: Future[tuple[LoadedCheckpoint, Engine]]) -> None:
+        """Load the model and start its engine (on the caller's thread, no lock held)."""
+        key = spec.weights_sha256
+        engine: Engine | None = None
+        try:
+            loaded = self.models.for_spec(spec)
+            engine = self._engine(spec.model, loaded)
+            engine.warmup_eager()
+        except BaseException as error:
+            if engine is not None:
+                engine.close(drain=False, timeout=10)
+            self.models.forget(key)
+            message = f"{type(error).__name__}: {error}".splitlines()[0]
+            with self._lock:
+                del self._engines[key]
+                previous = self._failures.get(key)
+                backoff = min(previous.backoff_s * 2, MAX_BACKOFF_S) if previous else FIRST_BACKOFF_S
+                self._failures[key] = _Failure(message, time.monotonic() + backoff, backoff)
+            logger.error("model %s failed (retry in %.0f s): %s", spec.model, backoff, message)
+            future.set_exception(error)
             return
-        now = time.monotonic()
-        for weights in sorted(self._engines, key=self._last_used.__getitem__):
-            if excess <= 0:
-                break
-            engine = self._engines[weights]
-            stats = engine.stats()
-            if stats.running or stats.queued or now - self._last_used[weights] < IDLE_BEFORE_EVICTION_S:
-                continue
-            engine.close(drain=False, timeout=10)
-            del self._engines[weights], self._last_used[weights]
-            self.models.forget(weights)
-            logger.info("unloaded model weights %s (idle; %d models loaded)", weights[:12], len(self._engines))
-            excess -= 1
+        with self._lock:
+            self._failures.pop(key, None)
+        future.set_result((loaded, engine))
+        if self.compiler is not None:
+            self.compiler.add(spec.model, loaded, engine)
 
-    def _build(self, name: str, loaded: LoadedCheckpoint) -> Engine:
-        engine = Engine.from_checkpoint(
-            loaded,
-            compile=self.settings.compile,
-            max_batch=self.settings.max_batch,
-            freezing=False,  # 3-5% faster forwards, but a restart recompiles 10x slower from the cache
+    def _engine(self, name: str, loaded: LoadedCheckpoint) -> Engine:
+        """An engine whose forward has the compiler's buckets (eager until each is compiled)."""
+        device = next(loaded.model.parameters()).device
+        in_process = self.compiler is not None and self.compiler.strategy == "inprocess"
+        max_batch = resolve_forward_options(device, max_batch=self.settings.max_batch).max_batch
+        forward = BucketedForward(
+            loaded.model,
+            sample_shape=loaded.sample_shape,
+            compile=in_process,
+            max_batch=max_batch,
+            freezing=False if in_process else None,
+            buckets=power_of_two_buckets(max_batch) if self.compiler is not None else None,
+        )
+        return Engine(
+            loaded.model,
+            loaded.schedule,
+            sample_shape=loaded.sample_shape,
+            forward=forward,
+            max_batch=forward.max_batch,
             name=f"engine-{name}-{loaded.weights_sha256[:8]}",
         )
-        if self.settings.compile:
-            started = time.perf_counter()
-            seconds = engine.warmup()
-            logger.info(
-                "compiled model %s for batches %s in %.1f s",
-                name,
-                ",".join(str(bucket) for bucket in seconds),
-                time.perf_counter() - started,
-            )
-        return engine
+
+    def _take_idle(self) -> list[tuple[str, Engine]]:
+        """Past ``max_loaded_models``, the least recently used engines that hold no job and were
+        not asked for in the last minute, removed from the pool (a model replaced on disk keeps
+        its old weights here until then: jobs queued for them still run on them)."""
+        built = {
+            key: future.result() for key, future in self._engines.items() if future.done() and not future.exception()
+        }
+        excess = len(built) - self.settings.max_loaded_models
+        taken: list[tuple[str, Engine]] = []
+        now = time.monotonic()
+        for key in sorted(built, key=self._last_used.__getitem__):
+            if excess <= 0:
+                break
+            engine = built[key][1]
+            stats = engine.stats()
+            if stats.running or stats.queued or now - self._last_used[key] < IDLE_BEFORE_EVICTION_S:
+                continue
+            del self._engines[key], self._last_used[key]
+            taken.append((key, engine))
+            excess -= 1
+        return taken
+
+    def _built(self) -> list[Engine]:
+        with self._lock:
+            futures = list(self._engines.values())
+        return [future.result()[1] for future in futures if future.done() and future.exception() is None]
 
     def stats(self) -> EngineStats | None:
         """The counters of all engines added up (None before the first engine)."""
-        with self._lock:
-            engines = list(self._engines.values())
+        engines = self._built()
         if not engines:
             return None
         total = engines[0].stats()
@@ -99,7 +188,11 @@ class EnginePool:
         return total
 
     def close(self) -> None:
+        """Stop the compiler and every engine (jobs still in them end with EngineClosed)."""
+        if self.compiler is not None:
+            self.compiler.stop()
+        engines = self._built()
         with self._lock:
-            engines, self._engines = list(self._engines.values()), {}
+            self._engines.clear()
         for engine in engines:
             engine.close(drain=False, timeout=10)

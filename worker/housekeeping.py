@@ -53,13 +53,13 @@ class WorkerHousekeeping(threading.Thread):
         name: str,
         settings: Settings,
         resend: Callable[[str, JobSpec], None],
-        engine_stats: Callable[[], EngineStats | None] | None = None,
+        report: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         super().__init__(name="ddpm-housekeeping", daemon=True)
         self.worker = name
         self.settings = settings
         self.resend = resend
-        self.engine_stats = engine_stats
+        self.report = report
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -72,20 +72,13 @@ class WorkerHousekeeping(threading.Thread):
         while True:
             try:
                 store.worker_alive(self.worker)
-                stats = self.engine_stats() if self.engine_stats is not None else None
-                if stats is not None:
-                    store.worker_stats(self.worker, _stats_fields(stats))
+                fields = self.report() if self.report is not None else {}
+                if fields:
+                    store.worker_stats(self.worker, fields)
                 if time.monotonic() < judge_after:
                     raise _Settling
                 for record in store.requeue_abandoned():
                     logger.warning("job %s lost its worker %s; queueing it again", record.id, record.worker)
-                    self.resend(record.id, record.spec)
-                for record in store.resend_due():
-                    logger.info(
-                        "job %s still queued %.0f s after its task was sent; sending it again",
-                        record.id,
-                        self.settings.visibility_timeout_s,
-                    )
                     self.resend(record.id, record.spec)
                 store.prune_queue()
             except _Settling:
@@ -99,7 +92,7 @@ class WorkerHousekeeping(threading.Thread):
             store.worker_gone(self.worker)
 
 
-def _stats_fields(stats: EngineStats) -> dict[str, str]:
+def stats_fields(stats: EngineStats) -> dict[str, str]:
     """The engine's counters as a Redis hash (for benchmarks and metrics)."""
     fields = {name: str(value) for name, value in asdict(stats).items()}
     fields["mean_rows_per_tick"] = repr(stats.mean_rows_per_tick)

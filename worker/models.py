@@ -36,25 +36,27 @@ class ModelCache:
         self._lock = threading.Lock()
 
     def for_spec(self, spec: JobSpec) -> LoadedCheckpoint:
-        """The model of ``spec``; raises :class:`SpecMismatch` or :class:`UnknownModel`."""
+        """The model of ``spec``; raises :class:`SpecMismatch` or :class:`UnknownModel`. The load
+        runs without the lock (the engine pool lets one job at a time load a given model)."""
         with self._lock:
             loaded = self._loaded.get(spec.weights_sha256)
-            if loaded is not None:
-                return loaded
-            info = self.registry.get(spec.model)
-            if info.weights_sha256 != spec.weights_sha256:
-                raise SpecMismatch(_changed(spec, info.weights_sha256))
-            started = time.perf_counter()
-            loaded = load_checkpoint(info.path, device=self.device)
-            if loaded.weights_sha256 != spec.weights_sha256:  # replaced while we read it
-                raise SpecMismatch(_changed(spec, loaded.weights_sha256))
-            seconds = time.perf_counter() - started
-            self._loaded[loaded.weights_sha256] = loaded
-            self.loads.add(spec.model, seconds)
-            logger.info(
-                "loaded model %s (%s) on %s in %.2f s", spec.model, loaded.weights_sha256[:12], self.device, seconds
-            )
+        if loaded is not None:
             return loaded
+        info = self.registry.get(spec.model)
+        if info.weights_sha256 != spec.weights_sha256:
+            raise SpecMismatch(_changed(spec, info.weights_sha256))
+        started = time.perf_counter()
+        loaded = load_checkpoint(info.path, device=self.device)
+        if loaded.weights_sha256 != spec.weights_sha256:  # replaced while we read it
+            raise SpecMismatch(_changed(spec, loaded.weights_sha256))
+        seconds = time.perf_counter() - started
+        with self._lock:
+            loaded = self._loaded.setdefault(loaded.weights_sha256, loaded)
+        self.loads.add(spec.model, seconds)
+        logger.info(
+            "loaded model %s (%s) on %s in %.2f s", spec.model, loaded.weights_sha256[:12], self.device, seconds
+        )
+        return loaded
 
     def forget(self, weights_sha256: str) -> None:
         """Drop a loaded model (its engine was closed)."""

@@ -2,20 +2,21 @@
 job claimed, finished or cancelled and does nothing; a job of a dead worker is claimed again.
 
 Every task runs on one of the worker's threads and hands its spec to the process's engine
-(:mod:`worker.engines`). The worker warms the default model's engine before it announces
-itself, so ``/readyz`` is ready only once the compiled forward is.
+(:mod:`worker.engines`). The worker loads the default model (and runs it once) before it
+announces itself, so ``/readyz`` is ready once jobs can run; the forward's buckets compile in the
+background after that (:mod:`worker.compiler`), and the worker's stats say how many are done.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from typing import Any
 
 from celery import signals
 
+from contract.layout import worker_name
 from contract.registry import ModelRegistry
 from contract.settings import get_settings
 from contract.spec import JobSpec
@@ -26,7 +27,7 @@ from worker.store import JobStore
 
 logger = logging.getLogger(__name__)
 
-WORKER_NAME = os.environ.get("DDPM_WORKER_NAME") or f"{socket.gethostname()}:{os.getpid()}"
+WORKER_NAME = os.environ.get("DDPM_WORKER_NAME") or worker_name(os.getpid())
 
 _state: dict[str, Any] = {}
 _state_lock = threading.Lock()
@@ -38,15 +39,22 @@ def _process_state() -> tuple[JobStore, Any]:
         if "engines" not in _state:
             from ddpm_core.device import pick_device
             from worker.check import DigitChecker
+            from worker.compiler import BucketCompiler, strategy_for
             from worker.engines import EnginePool
             from worker.models import ModelCache
 
             settings = get_settings()
             device = pick_device(settings.device)
+            logger.info("worker %s runs on %s (torch %s)", WORKER_NAME, device, _torch_version())
+            compiler = None
+            if settings.compile:
+                compiler = BucketCompiler(settings.compile_cache_path, strategy_for(device.type))
+                compiler.start()
             models = ModelCache(ModelRegistry(settings), device)
             _state.update(
+                device=device,
                 store=JobStore(settings),
-                engines=EnginePool(models, settings),
+                engines=EnginePool(models, settings, compiler),
                 # the per-digit check's classifier: loaded once, by the first job it can check
                 checker=DigitChecker(settings.classifier_path, device),
             )
@@ -81,8 +89,32 @@ def generate_task(self, job_id: str, spec: dict[str, Any]) -> str:
         beat.stop()
 
 
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def _report() -> dict[str, str]:
+    """The worker's stats for its heartbeat: device, engine counters, compile progress."""
+    from worker.housekeeping import stats_fields
+
+    fields = {"device": str(_state["device"])} if "device" in _state else {}
+    engines = _state.get("engines")
+    if engines is not None:
+        stats = engines.stats()
+        if stats is not None:
+            fields.update(stats_fields(stats))
+        if engines.compiler is not None:
+            fields["compile"] = engines.compiler.strategy
+            fields["compile_errors"] = "; ".join(engines.compiler.errors())
+        else:
+            fields["compile"] = "off"
+    return fields
+
+
 def _warm_default_model() -> None:
-    """Load the default model and warm its engine (compiles every bucket when compiling)."""
+    """Load the default model and run it once (its buckets then compile in the background)."""
     settings = get_settings()
     store, engines = _process_state()
     try:
@@ -108,7 +140,10 @@ def _warm_default_model() -> None:
 
 @signals.worker_init.connect
 def _on_worker_init(**_: Any) -> None:
-    threads = get_settings().torch_threads
+    settings = get_settings()
+    # inductor's cache (in-process compiles) beside the compiled packages, kept across restarts
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.compile_cache_path / "inductor"))
+    threads = settings.torch_threads
     if threads:
         import torch
 
@@ -117,12 +152,12 @@ def _on_worker_init(**_: Any) -> None:
 
 @signals.worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    _warm_default_model()  # before the worker announces itself: /readyz waits for it
+    _warm_default_model()  # before the worker announces itself: /readyz waits for the model
     thread = WorkerHousekeeping(
         WORKER_NAME,
         get_settings(),
         resend=lambda job_id, spec: send_generate(app, job_id, spec),
-        engine_stats=lambda: _state["engines"].stats() if "engines" in _state else None,
+        report=_report,
     )
     _state["housekeeping"] = thread
     thread.start()

@@ -85,6 +85,13 @@ def test_nothing_cuda_runs_on_the_cpu(model, monkeypatch):
 def test_padding_does_not_change_the_real_rows(model):
     forward = BucketedForward(model, max_batch=8, buckets=(1, 2, 4, 8))
     assert [forward.bucket_for(rows) for rows in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
+    forward(*inputs(3))
+    assert forward.padded_rows == 0 and forward.compiled_buckets == ()  # nothing installed: eager, unpadded
+    for bucket in forward.buckets:  # a bucket's installed forward gets padded inputs of exactly its size
+        forward.install(bucket, lambda x, t, y, size=bucket: model(x, t, y) if x.shape[0] == size else None)
+    assert forward.compiled_buckets == (1, 2, 4, 8)
+    with pytest.raises(ValueError, match="not one of the buckets"):
+        forward.install(3, model)
     for rows in (1, 3, 5, 7):
         x, t, labels = inputs(rows, seed=rows)
         padded = forward(x, t, labels)
