@@ -21,6 +21,7 @@ Every status change goes through one of the scripts in :mod:`contract.transition
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -49,6 +50,12 @@ class JobStatus(str, Enum):
 
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 TERMINAL_EVENTS = frozenset(status.value for status in TERMINAL)
+
+
+def worker_name(pid: int, host: str | None = None) -> str:
+    """The name a worker process reports under (``host:pid``), unique per process: a restarted
+    worker never inherits the jobs its predecessor held."""
+    return f"{host or socket.gethostname()}:{pid}"
 
 
 @dataclass(frozen=True)

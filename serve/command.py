@@ -20,11 +20,20 @@ import signal
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from serve.redis_server import DEFAULT_PORT, EmbeddedRedis, default_data_dir, free_port, pick_port, port_is_free
-from serve.supervisor import PREEXEC, GaveUp, Hurry, ProcessChild, RestartPolicy, Supervisor, stop_process
+from serve.supervisor import (
+    GaveUp,
+    Hurry,
+    ProcessChild,
+    RestartPolicy,
+    Supervisor,
+    parent_death_signal,
+    stop_process,
+)
 
 __all__ = ["add_parser", "api_command", "run", "stop_process", "worker_command"]
 
@@ -50,8 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--jobs-in-flight",
         type=int,
         default=None,
-        help="jobs the worker holds at once, batched into one forward per step (default: "
-        "DDPM_JOBS_IN_FLIGHT, else 16)",
+        help="jobs the worker holds at once, batched into one forward per step (default: DDPM_JOBS_IN_FLIGHT, else 16)",
     )
     parser.add_argument(
         "--data-dir",
@@ -132,6 +140,27 @@ def _warn_without_models(env: dict[str, str]) -> None:
         )
 
 
+def _worker_exited(env: dict[str, str]) -> Callable[[int], None]:
+    """What to do when the worker process has died: take it off the live workers at once, so the
+    next worker re-queues the jobs it held as soon as it starts (instead of after
+    ``DDPM_WORKER_DEAD_AFTER_S`` without a heartbeat)."""
+
+    def forget(pid: int) -> None:
+        import redis
+
+        from contract.layout import Keys, worker_name
+        from contract.settings import Settings
+
+        settings = Settings(redis_url=env["REDIS_URL"])
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            client.zrem(Keys(settings.key_prefix).workers, worker_name(pid))
+        finally:
+            client.close()
+
+    return forget
+
+
 class RedisChild:
     """The embedded Redis as a supervised child (restarted on the same port, password and data)."""
 
@@ -145,7 +174,8 @@ class RedisChild:
         return self.server.pid
 
     def start(self) -> None:
-        self.server.start(timeout=REDIS_START_TIMEOUT_S, preexec_fn=PREEXEC)
+        # SIGTERM when ddpm serve dies: Redis writes its append-only file and exits
+        self.server.start(timeout=REDIS_START_TIMEOUT_S, preexec_fn=parent_death_signal(signal.SIGTERM))
 
     def poll(self) -> int | None:
         return self.server.poll()
@@ -222,7 +252,9 @@ def run(args: argparse.Namespace) -> int:
         if args.jobs_in_flight < 1:
             raise UsageError("--jobs-in-flight must be at least 1")
         env["DDPM_JOBS_IN_FLIGHT"] = str(args.jobs_in_flight)
-    children.append(ProcessChild("worker", worker_command(), env, grace=args.worker_grace))
+    # compiled forwards are kept in the data directory: a second start is fast at once
+    env.setdefault("DDPM_COMPILE_CACHE_DIR", str(args.data_dir.expanduser().resolve() / "compile-cache"))
+    children.append(ProcessChild("worker", worker_command(), env, grace=args.worker_grace, on_exit=_worker_exited(env)))
     children.append(ProcessChild("API", api_command(args.host, args.port), env, grace=API_GRACE_S))
     supervisor = Supervisor(children, RestartPolicy())
 

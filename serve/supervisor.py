@@ -3,9 +3,15 @@ one that keeps dying right after it starts (like supervisord's ``startretries`` 
 ``Restart=always`` with a start limit).
 
 Each child runs in a session of its own, so a signal sent to one (or to the terminal's
-foreground group, on Ctrl-C) does not reach the others; a child's leftovers (a Celery pool
-process whose parent was killed) are killed with its process group. On Linux every child is
-also asked to get SIGTERM when the supervisor dies, so a killed ``ddpm serve`` leaves nothing.
+foreground group, on Ctrl-C) does not reach the others; a child's leftovers (a process a child
+started) are killed with its process group. On Linux every child is also given a signal by the
+kernel when the supervisor dies (its *parent-death signal*): SIGKILL for the worker and the API,
+which keep nothing that a restart needs (a job they held runs again at the next start), SIGTERM
+for Redis, which then writes its append-only file and exits; so a ``ddpm serve`` killed by
+SIGKILL leaves nothing running.
+
+Stopping is concurrent: every child but the last (Redis, which the others write to until they
+exit) is sent SIGTERM at once, each gets its own grace period, then the last one stops.
 """
 
 from __future__ import annotations
@@ -61,8 +67,8 @@ class Child(Protocol):
     def stop(self, hurry: Hurry) -> None: ...
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child get SIGTERM when this process dies (Linux only)."""
+def parent_death_signal(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get ``sig`` when this process dies (Linux only)."""
     name = ctypes.util.find_library("c")
     if not name or not hasattr(os, "getppid"):
         return None
@@ -75,14 +81,11 @@ def _parent_death_signal() -> Callable[[], None] | None:
     pr_set_pdeathsig = 1
 
     def preexec() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+        prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl: go at once
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
 
     return preexec if os.uname().sysname == "Linux" else None
-
-
-PREEXEC = _parent_death_signal()
 
 
 def signal_name(status: int) -> str:
@@ -100,19 +103,28 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def stop_process(process: subprocess.Popen, name: str, grace: float = 10.0, hurry: Hurry | None = None) -> None:
+def stop_process(
+    process: subprocess.Popen,
+    name: str,
+    grace: float = 10.0,
+    hurry: Hurry | None = None,
+    terminated_at: float | None = None,
+) -> None:
     """SIGTERM (and SIGCONT, so that a stopped process sees it), then after ``grace`` seconds, or
-    as soon as ``hurry()`` says so, SIGKILL to its process group when it leads one."""
+    as soon as ``hurry()`` says so, SIGKILL to its process group when it leads one.
+    ``terminated_at``: the ``time.monotonic()`` at which SIGTERM was already sent."""
     if process.poll() is None:
-        logger.info("stopping the %s (pid %d)", name, process.pid)
-        process.terminate()
         leads_group = _leads_group(process.pid)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if leads_group:
-                os.killpg(process.pid, signal.SIGCONT)
-            else:
-                os.kill(process.pid, signal.SIGCONT)
-        deadline = time.monotonic() + grace
+        if terminated_at is None:
+            logger.info("stopping the %s (pid %d)", name, process.pid)
+            process.terminate()
+            terminated_at = time.monotonic()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if leads_group:
+                    os.killpg(process.pid, signal.SIGCONT)
+                else:
+                    os.kill(process.pid, signal.SIGCONT)
+        deadline = terminated_at + grace
         while process.poll() is None:
             if time.monotonic() >= deadline or (hurry is not None and hurry()):
                 logger.warning("the %s did not stop in %.0f s; killing it", name, grace)
@@ -144,21 +156,39 @@ def _leads_group_id(pid: int) -> bool:
 
 
 class ProcessChild:
-    """A command run in a session of its own, stopped by SIGTERM with a grace period."""
+    """A command run in a session of its own, stopped by SIGTERM with a grace period.
 
-    def __init__(self, name: str, command: Sequence[str], env: dict[str, str], grace: float = 10.0) -> None:
+    Args:
+        death_signal: what the kernel sends it when the supervisor dies.
+        on_exit: called with the pid once the supervisor has seen the process die (for example
+            to tell others at once that the jobs it held are free).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        env: dict[str, str],
+        grace: float = 10.0,
+        death_signal: signal.Signals = signal.SIGKILL,
+        on_exit: Callable[[int], None] | None = None,
+    ) -> None:
         self.name = name
         self.command = list(command)
         self.env = env
         self.grace = grace
+        self.preexec = parent_death_signal(death_signal)
+        self.on_exit = on_exit
         self.process: subprocess.Popen | None = None
+        self._terminated_at: float | None = None
 
     @property
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, env=self.env, start_new_session=True, preexec_fn=PREEXEC)
+        self.process = subprocess.Popen(self.command, env=self.env, start_new_session=True, preexec_fn=self.preexec)
+        self._terminated_at = None
 
     def poll(self) -> int | None:
         if self.process is None:
@@ -166,11 +196,25 @@ class ProcessChild:
         status = self.process.poll()
         if status is not None:
             kill_group(self.process.pid)  # leftovers of a child that died
+            if self.on_exit is not None:
+                try:
+                    self.on_exit(self.process.pid)
+                except Exception as error:  # the restart matters more than the notice
+                    logger.warning("after the %s exited: %s", self.name, error)
         return status
+
+    def terminate(self) -> None:
+        """Send SIGTERM (and SIGCONT, so that a stopped process sees it) without waiting."""
+        if self.process is not None and self.process.poll() is None:
+            logger.info("stopping the %s (pid %d)", self.name, self.process.pid)
+            self.process.terminate()
+            self._terminated_at = time.monotonic()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGCONT)
 
     def stop(self, hurry: Hurry) -> None:
         if self.process is not None:
-            stop_process(self.process, self.name, self.grace, hurry)
+            stop_process(self.process, self.name, self.grace, hurry, terminated_at=self._terminated_at)
 
 
 class _Watch:
@@ -259,7 +303,16 @@ class Supervisor:
         logger.warning("the %s %s after %.1f s; restarting it in %.1f s", name, how, lived, delay)
 
     def stop(self, hurry: Hurry) -> None:
-        """Stop the children in reverse order of start (each with its own grace period)."""
-        for watch in reversed(self.watches):
+        """Stop the children: all but the first at once (each with its own grace period), then
+        the first (the one the others depend on, started first)."""
+        first, *rest = self.watches
+        for watch in rest:
+            terminate = getattr(watch.child, "terminate", None)
+            if terminate is not None:
+                with contextlib.suppress(Exception):
+                    terminate()
+        for watch in reversed(rest):
             with contextlib.suppress(Exception):
                 watch.child.stop(hurry)
+        with contextlib.suppress(Exception):
+            first.child.stop(hurry)
