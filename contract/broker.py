@@ -20,21 +20,45 @@ How a job is delivered again (the one redelivery story):
   5.x, raises an ``AttributeError`` that Celery treats as unrecoverable: the worker exited. With
   a thread pool and late acknowledgement, a worker holds no message it has not started, so the
   restore has nothing to do that the job store does not already do: it is turned off here.
+- A job that finishes after the broker connection was replaced acknowledges its message on the
+  old, closed channel: kombu raised ``AttributeError`` there too (the worker exited). Here the
+  acknowledgement goes to Redis on a connection of its own, so the message leaves the unacked
+  set as it would have (no stray duplicate later); if Redis is still down, kombu logs that the
+  message could not be acknowledged and the broker's sweep drops it later.
 
 Torch-free: the API's sending-only app uses it too.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import redis
 from kombu.transport import redis as kombu_redis
 
 TRANSPORT = "contract.broker:Transport"
 
 
 class Channel(kombu_redis.Channel):
-    """Kombu's Redis channel without the restore of unacknowledged messages at close."""
+    """Kombu's Redis channel without the restore of unacknowledged messages at close, whose
+    acknowledgements still work once it is closed."""
 
     do_restore = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._params = self._connparams()  # to reach Redis once the channel is closed
+
+    def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
+        if self.connection is not None:
+            super().basic_ack(delivery_tag, multiple)
+            return
+        pool = redis.ConnectionPool(**self._params)  # the channel was closed: a connection of its own
+        try:
+            client = redis.Redis(connection_pool=pool)
+            client.pipeline().zrem(self.unacked_index_key, delivery_tag).hdel(self.unacked_key, delivery_tag).execute()
+        finally:
+            pool.disconnect()
 
 
 class Transport(kombu_redis.Transport):
