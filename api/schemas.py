@@ -167,6 +167,17 @@ class Health(BaseModel):
     status: str
 
 
+class WorkerReadiness(BaseModel):
+    """One live worker as ``/readyz`` shows it."""
+
+    name: str
+    device: str | None = Field(None, description="where it runs its models, e.g. cpu or cuda:0")
+    compiled_buckets: int = Field(0, description="forward batch sizes that run compiled code")
+    buckets: int = Field(0, description="forward batch sizes in all (the others run eagerly until compiled)")
+    compile: str | None = Field(None, description="how it compiles: aot, inprocess or off")
+    compile_errors: str | None = Field(None, description="why compiling stopped for a model, if it did")
+
+
 class Readiness(BaseModel):
     """``GET /readyz``: ready (200), or unavailable with the reason (503)."""
 
@@ -174,6 +185,9 @@ class Readiness(BaseModel):
     reason: str | None = None
     workers: int | None = None
     queued: int | None = None
+    compiled_buckets: int | None = Field(None, description="compiled forward buckets, all live workers together")
+    buckets: int | None = Field(None, description="forward buckets, all live workers together")
+    worker_details: list[WorkerReadiness] | None = None
 
 
 class FieldProblem(BaseModel):

@@ -101,3 +101,10 @@ class AsyncJobStore:
     async def live_workers(self, fresh_s: float) -> list[str]:
         """Workers that reported within the last ``fresh_s`` seconds."""
         return list(await self._client.zrangebyscore(self.keys.workers, time.time() - fresh_s, "+inf"))
+
+    async def worker_reports(self, workers: list[str]) -> dict[str, dict[str, str]]:
+        """The stats hash each of ``workers`` last reported (empty for one that has not yet)."""
+        pipe = self._client.pipeline(transaction=False)
+        for worker in workers:
+            pipe.hgetall(self.keys.worker_stats(worker))
+        return dict(zip(workers, await pipe.execute(), strict=True)) if workers else {}

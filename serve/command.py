@@ -239,7 +239,12 @@ def run(args: argparse.Namespace) -> int:
         data_dir = args.data_dir.expanduser().resolve()
         lock = _lock_data_dir(data_dir)
         try:
-            server = EmbeddedRedis(port=_redis_port(args.redis_port), data_dir=data_dir)
+            server = EmbeddedRedis(
+                port=_redis_port(args.redis_port),
+                data_dir=data_dir,
+                # always: every write on disk before Redis answers (slower; tests use it)
+                appendfsync=env.get("DDPM_REDIS_APPENDFSYNC", "everysec"),
+            )
         except (RedisServerError, UsageError):
             lock.close()
             raise

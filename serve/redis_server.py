@@ -138,7 +138,11 @@ class EmbeddedRedis:
         binary: str | None = None,
         data_dir: Path | str | None = None,
         password: str | None = None,
+        appendfsync: str = "everysec",
     ) -> None:
+        if appendfsync not in ("always", "everysec", "no"):
+            raise RedisServerError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
+        self.appendfsync = appendfsync
         self.binary = binary or find_redis_server()
         if data_dir is None:
             self.data_dir = Path(tempfile.mkdtemp(prefix="ddpm-redis-"))
@@ -173,7 +177,7 @@ class EmbeddedRedis:
             "requirepass": _quoted(self.password),
             "dir": _quoted(str(self.data_dir)),
             "appendonly": "yes",
-            "appendfsync": "everysec",
+            "appendfsync": self.appendfsync,
             "appendfilename": _quoted(AOF_FILE),
             "aof-load-truncated": "yes",  # a server killed mid-write starts with what was written
             "save": '""',  # the AOF is the only copy; no RDB snapshots

@@ -58,6 +58,8 @@ WORKER_GAUGES = (
     ("max_batch", "ddpm_worker_max_batch", "The rows one forward may hold (DDPM_MAX_BATCH)"),
     ("running", "ddpm_worker_engine_jobs_running", "Jobs in the worker's batch now"),
     ("queued", "ddpm_worker_engine_jobs_waiting", "Jobs waiting in the worker's engine for room in the batch"),
+    ("buckets_compiled", "ddpm_worker_compiled_buckets", "Forward batch sizes that run compiled code"),
+    ("buckets_total", "ddpm_worker_forward_buckets", "Forward batch sizes in all (uncompiled ones run eagerly)"),
 )
 WORKER_COUNTERS = (
     ("job_steps", "ddpm_worker_job_steps", "Denoising steps of jobs run by the worker (one per job per forward)"),

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 
 from api import deps
-from api.schemas import Health, ModelList, Readiness
+from api.schemas import Health, ModelList, Readiness, WorkerReadiness
 
 router = APIRouter(tags=["service"])
 
@@ -37,6 +37,7 @@ async def readyz(response: Response, store: deps.StoreDep, settings: deps.Settin
         await asyncio.wait_for(store.ping(), timeout=3)
         workers = await asyncio.wait_for(store.live_workers(settings.worker_dead_after_s), timeout=3)
         queued = await store.queue_length()
+        reports = await store.worker_reports(workers)
     except Exception as error:  # any failure to reach Redis means not ready
         response.status_code = 503
         reason = f"Redis is unreachable: {type(error).__name__}: {error}".rstrip(": ")
@@ -46,4 +47,29 @@ async def readyz(response: Response, store: deps.StoreDep, settings: deps.Settin
         return Readiness(
             status="unavailable", reason=f"no worker has reported in the last {settings.worker_dead_after_s:g} s"
         )
-    return Readiness(status="ready", workers=len(workers), queued=queued)
+    details = [_worker(name, reports.get(name, {})) for name in sorted(workers)]
+    return Readiness(
+        status="ready",
+        workers=len(workers),
+        queued=queued,
+        compiled_buckets=sum(worker.compiled_buckets for worker in details),
+        buckets=sum(worker.buckets for worker in details),
+        worker_details=details,
+    )
+
+
+def _worker(name: str, report: dict[str, str]) -> WorkerReadiness:
+    def count(field: str) -> int:
+        try:
+            return int(report.get(field) or 0)
+        except ValueError:
+            return 0
+
+    return WorkerReadiness(
+        name=name,
+        device=report.get("device"),
+        compiled_buckets=count("buckets_compiled"),
+        buckets=count("buckets_total"),
+        compile=report.get("compile"),
+        compile_errors=report.get("compile_errors") or None,
+    )

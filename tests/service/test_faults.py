@@ -173,7 +173,7 @@ def test_redis_stopped_and_restarted_with_running_and_queued_jobs_loses_nothing(
     at a time here); it comes back from its append-only file. Every job completes exactly once,
     and a result stored before the outage is still there."""
 
-    server = EmbeddedRedis(data_dir=tmp_path / "redis").start()
+    server = EmbeddedRedis(data_dir=tmp_path / "redis", appendfsync="always").start()
     env = service_env(
         server.url, model_dir, DDPM_KEY_PREFIX="ddpmout", DDPM_QUEUE_NAME="ddpmout", DDPM_JOBS_IN_FLIGHT="1"
     )
@@ -192,7 +192,6 @@ def test_redis_stopped_and_restarted_with_running_and_queued_jobs_loses_nothing(
             ]
             while http.get(f"/jobs/{running}").json()["progress"]["step"] < 5:
                 time.sleep(0.05)
-            time.sleep(1.5)  # appendfsync everysec: the AOF holds every write a second old
             server.stop()
             time.sleep(4)  # the worker goes on generating; its writes wait for Redis
             server.start()

@@ -65,7 +65,8 @@ def get_after_redis_restart(client: httpx.Client, path: str) -> httpx.Response:
 
 
 def test_a_killed_redis_is_restarted_with_its_queue_and_results(model_dir: Path, tmp_path: Path) -> None:
-    with Serve(model_dir, tmp_path / "data", "serve-redis-kill.log") as serve:
+    # every write on disk before Redis answers: nothing is lost to the kill (no sleep for the fsync)
+    with Serve(model_dir, tmp_path / "data", "serve-redis-kill.log", DDPM_REDIS_APPENDFSYNC="always") as serve:
         serve.wait_ready()
         store = serve.redis_client()
         with httpx.Client(base_url=serve.base, timeout=30) as client:
@@ -76,7 +77,6 @@ def test_a_killed_redis_is_restarted_with_its_queue_and_results(model_dir: Path,
             queued = submit(client, {**DDIM, "digit": 8})
             assert store.llen("ddpm") == 1  # the task message waits in Redis, not in a worker
             before = serve.children()
-            time.sleep(2.5)  # appendfsync everysec: a crash may lose the writes of the last 1-2 s, no more
             os.kill(before["redis"], signal.SIGKILL)
             killed_at = time.monotonic()
             unready = client.get("/readyz")  # Redis is down or just back, and the worker is paused
