@@ -38,8 +38,14 @@ def test_services_health_checks_and_dependencies(compose: dict) -> None:
 
 def test_redis_has_a_password_aof_on_a_named_volume_and_no_published_port(compose: dict) -> None:
     redis_service = compose["services"]["redis"]
-    command = " ".join(redis_service["command"])
-    assert "--requirepass" in command and "--appendonly yes" in command
+    # the password is in a config file, not in the arguments; redis-server first, so the image's
+    # entrypoint drops root
+    command = redis_service["command"]
+    assert command[0] == "redis-server" and "PASSWORD" not in " ".join(command)
+    (config,) = redis_service["configs"]
+    assert config["target"] == command[1]
+    content = compose["configs"][config["source"]]["content"]
+    assert 'requirepass "${REDIS_PASSWORD:?' in content and "appendonly yes" in content
     assert "REDIS_PASSWORD:?" in redis_service["environment"]["REDIS_PASSWORD"]
     assert "ports" not in redis_service and "expose" not in redis_service
     assert "redis-data:/data" in redis_service["volumes"]
@@ -128,6 +134,42 @@ def test_worker_images_copy_what_the_worker_imports_and_run_its_app(name: str) -
     assert app.main == "ddpm" and "worker.tasks" in app.conf.include
     needed = first_party_closure(module, "worker.tasks", "worker.runner")
     assert needed <= copied_packages(name), f"{name} lacks a package the worker imports"
+
+
+@pytest.mark.parametrize("name", ["api.Dockerfile", "worker.Dockerfile", "worker-cpu.Dockerfile"])
+def test_dependencies_are_installed_before_the_code_is_copied(name: str) -> None:
+    """A code edit must not reinstall torch: every pip install of dependencies comes before the
+    first COPY of a package, and the install after it adds the project alone (--no-deps)."""
+    instructions = dockerfile_instructions(name)
+    first_code = min(
+        index
+        for index, (instruction, arguments) in enumerate(instructions)
+        if instruction == "COPY" and any((REPO / path / "__init__.py").is_file() for path in arguments.split()[:-1])
+    )
+    installs = [(index, args) for index, (instruction, args) in enumerate(instructions) if "pip install" in args]
+    assert any(index < first_code for index, _ in installs)
+    for index, arguments in installs:
+        if index > first_code:
+            assert "--no-deps" in arguments, arguments
+
+
+def test_the_cpu_worker_image_has_a_compiler_and_takes_torch_from_a_chosen_index() -> None:
+    instructions = dockerfile_instructions("worker-cpu.Dockerfile")
+    arguments = {args.split("=")[0]: args for instruction, args in instructions if instruction == "ARG"}
+    assert arguments["TORCH_INDEX_URL"] == "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu"
+    runs = " ".join(args for instruction, args in instructions if instruction == "RUN")
+    assert "g++" in runs  # inductor builds C++ on the CPU
+    assert "${TORCH_INDEX_URL:+--extra-index-url" in runs  # empty: the public index alone
+
+
+def test_workers_keep_compiled_forwards_on_a_volume_and_the_gpu_worker_needs_a_gpu(compose: dict) -> None:
+    for name in ("worker", "worker-cpu"):
+        service = compose["services"][name]
+        cache = service["environment"]["DDPM_COMPILE_CACHE_DIR"]
+        assert f"compile-cache:{cache}" in service["volumes"]
+        assert service["healthcheck"]["start_period"] == "120s"
+    assert "compile-cache" in compose["volumes"]
+    assert compose["services"]["worker"]["environment"]["DDPM_DEVICE"] == "cuda"  # no silent CPU fallback
 
 
 @pytest.mark.parametrize("name", ["api", "worker", "worker-cpu"])
