@@ -7,6 +7,7 @@ so what shares a forward does not depend on thread timing.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from ddpm_core.compiled import BucketedForward
 from ddpm_core.errors import GenerationCancelled
 from ddpm_core.samplers import make_sampler
 from tests.tiny_models import PIXEL_TOLERANCE, SCHEDULE, SHAPE, TINY, perturbed
-from worker.engine import Engine, EngineClosed, EngineRequest
+from worker.engine import Engine, EngineClosed, EngineRequest, JobTimeLimit
 
 WAIT = 120  # seconds; generous for a loaded 2-core machine
 
@@ -360,3 +361,21 @@ def test_close_from_a_callback(model):
         job.result(WAIT)
     engine._thread.join(WAIT)
     assert not engine._thread.is_alive() and job.step == 1
+
+
+def test_a_job_past_its_time_limit_is_stopped_and_fails_while_the_others_go_on(model):
+    class Slow(Recorder):
+        def __call__(self, x, t, labels):
+            time.sleep(0.02)
+            return super().__call__(x, t, labels)
+
+    engine = Engine(model, SCHEDULE, sample_shape=SHAPE, forward=Slow(model), max_batch=16)
+    with engine:
+        limited = engine.submit(EngineRequest(n=1, sampler="ddpm", digit=1, seed=2, time_limit_s=0.3))  # 50 steps
+        free = engine.submit(EngineRequest(n=1, sampler="ddpm", digit=2, seed=3))
+        with pytest.raises(JobTimeLimit, match=r"time limit of 0.3 s; stopped after \d+ of 50 steps"):
+            limited.result(WAIT)
+        assert limited.status == "failed" and 0 < limited.step < 50
+        assert free.result(WAIT).shape == (1, *SHAPE) and free.status == "succeeded"
+        with pytest.raises(ValueError, match="time_limit_s"):
+            engine.submit(EngineRequest(time_limit_s=0))
