@@ -218,3 +218,21 @@ def test_queued_jobs_are_not_sent_again_while_they_wait_and_a_job_past_its_limit
     assert len(lengths) > 10 and set(lengths[2:]) == {3}, lengths
     assert record["status"] == "failed" and "time limit of 8 s" in record["error"], record
     assert finished == ["succeeded"] * 3
+
+
+def test_without_a_cxx_compiler_jobs_run_eagerly_and_readyz_says_why(model_dir: Path, tmp_path: Path) -> None:
+    """What a slim image without g++ did: every job failed while /readyz said ready. Now the build
+    fails in its child process, the engine keeps its eager forward, and /readyz names the error."""
+    env = {"DDPM_COMPILE": "1", "DDPM_MAX_BATCH": "2", "CXX": "/nonexistent/g++"}
+    with Serve(model_dir, tmp_path / "data", "lifecycle-no-compiler.log", **env) as serve:
+        serve.wait_ready(timeout=60)
+        deadline = time.monotonic() + 120
+        while not (worker := readiness(serve)["worker_details"][0])["compile_errors"]:
+            assert time.monotonic() < deadline, serve.log()[-3000:]
+            time.sleep(0.5)
+        with httpx.Client(base_url=serve.base, timeout=30) as client:
+            job = submit(client, {"digit": 1, "n": 3, "sampler": "ddim", "steps": 10})
+            assert wait_job(client, job)["status"] == "succeeded"
+        assert serve.stop() == 0
+    assert worker["compiled_buckets"] == 0 and "build exited with status 1" in worker["compile_errors"], worker
+    print(f"without a compiler: {worker['compile_errors']}")
