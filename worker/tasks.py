@@ -145,11 +145,15 @@ def _exit_now() -> None:
     """The last exit handler: skip the interpreter's teardown (about a second with torch loaded;
     everything that matters was closed at the worker's shutdown), so a stopped worker is gone
     at once."""
+    _exit_now_with(int(_state.get("exitcode") or 0))
+
+
+def _exit_now_with(status: int) -> None:
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    os._exit(int(_state.get("exitcode") or 0))
+    os._exit(status)
 
 
 @signals.worker_init.connect
@@ -158,6 +162,13 @@ def _on_worker_init(**_: Any) -> None:
     settings = get_settings()
     # inductor's cache (in-process compiles) beside the compiled packages, kept across restarts
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.compile_cache_path / "inductor"))
+    from ddpm_core.device import pick_device
+
+    try:
+        pick_device(settings.device)
+    except ValueError as error:  # e.g. DDPM_DEVICE=cuda without a GPU: never a silent CPU fallback
+        logger.critical("the worker cannot start: DDPM_DEVICE=%s: %s", settings.device, error)
+        _exit_now_with(3)
     threads = settings.torch_threads
     if threads:
         import torch

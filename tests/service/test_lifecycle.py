@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.service.conftest import wait_job
+from serve.command import worker_command
+from tests.service.conftest import ARTIFACTS, KEY_PREFIX, service_env, start_logged, wait_job
 from tests.service.test_serve import Serve, submit
 
 DDPM_JOB = {"digit": 2, "n": 2, "sampler": "ddpm", "seed": 1}  # all 200 steps of the tiny model
@@ -236,3 +238,16 @@ def test_without_a_cxx_compiler_jobs_run_eagerly_and_readyz_says_why(model_dir: 
         assert serve.stop() == 0
     assert worker["compiled_buckets"] == 0 and "build exited with status 1" in worker["compile_errors"], worker
     print(f"without a compiler: {worker['compile_errors']}")
+
+
+def test_a_worker_asked_for_cuda_without_a_gpu_exits_and_says_why(redis_server, model_dir: Path) -> None:
+    """DDPM_DEVICE=cuda (the GPU image) never falls back to the CPU silently."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    env = service_env(redis_server.url, model_dir, DDPM_DEVICE="cuda")
+    process = start_logged(worker_command(queue=KEY_PREFIX), env, "worker-no-cuda.log")
+    assert process.wait(timeout=60) == 3
+    log = (ARTIFACTS / "worker-no-cuda.log").read_text(errors="replace")
+    assert "the worker cannot start: DDPM_DEVICE=cuda" in log and "CUDA is not available" in log
