@@ -9,6 +9,12 @@ How a job is delivered again (the one redelivery story):
   heartbeat went stale) and sends their task again, within seconds. The job record is the one
   source of truth; the task is idempotent, so a duplicate message finds the job claimed or
   finished and is dropped.
+- **A queued job whose message is gone** is sent again by the job store too: Redis's BRPOP hands
+  a message to a worker that dies before it records the message as unacknowledged (or a Redis
+  crash loses the last second of writes), and the job would wait forever. Housekeeping looks at
+  the queued jobs whose task was sent over ``DDPM_LOST_MESSAGE_AFTER_S`` ago and re-sends only
+  those whose message is in neither the broker's queue nor its unacknowledged set
+  (:func:`waiting_task_ids`), so a backlog waiting in the broker is never sent twice.
 - **The broker never re-delivers a live job**: its visibility timeout
   (:attr:`contract.settings.Settings.broker_visibility_timeout_s`) is longer than the longest
   job (``DDPM_MAX_JOB_S``, which the engine enforces) plus a margin. It only sweeps up a message
@@ -31,6 +37,7 @@ Torch-free: the API's sending-only app uses it too.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import redis
@@ -68,3 +75,34 @@ class Transport(kombu_redis.Transport):
 
     Channel = Channel
     brpop_timeout = 0.25
+
+
+def waiting_task_ids(client: redis.Redis, queue: str) -> set[str]:
+    """The task ids of every message the broker holds for ``queue``: waiting in its lists (one
+    per priority step) or delivered and not yet acknowledged. Reads kombu's Redis layout: the
+    queue is a list of JSON messages under the queue's name (other priorities under
+    ``queue + sep + priority``), unacknowledged messages a hash of ``[message, exchange,
+    routing_key]``; a Celery message's task id is ``headers.id``."""
+    names = [queue, *(f"{queue}{Channel.sep}{step}" for step in Channel.priority_steps if step)]
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.lrange(name, 0, -1)
+    pipe.hvals(Channel.unacked_key)
+    *lists, unacked = pipe.execute()
+    ids = set()
+    for raw in (message for messages in lists for message in messages):
+        ids.add(_task_id(raw))
+    for raw in unacked:
+        try:
+            ids.add(_task_id(json.dumps(json.loads(raw)[0])))
+        except (ValueError, TypeError, IndexError, KeyError):
+            continue
+    ids.discard(None)
+    return ids  # type: ignore[return-value]
+
+
+def _task_id(raw: str | bytes) -> str | None:
+    try:
+        return str(json.loads(raw)["headers"]["id"])
+    except (ValueError, TypeError, KeyError):
+        return None

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # the broker delivers a task message not acknowledged this long again (contract.broker); None:
     # max_job_s plus 5 minutes, so that a live job's message is never delivered twice
     visibility_timeout_s: int | None = Field(None, ge=1)
+    # a queued job whose task was sent this long ago and whose message the broker no longer holds
+    # (a worker died as it took it) is sent again
+    lost_message_after_s: float = Field(10.0, gt=0)
     heartbeat_s: float = Field(2.0, gt=0)
     stale_after_s: float = Field(60.0, gt=0)  # a running job without heartbeat this long is re-run
     worker_dead_after_s: float = Field(10.0, gt=0)  # a worker silent this long is dead: its jobs are re-run

@@ -9,11 +9,14 @@ claim       queued, or running abandoned  running (attempts + 1)
 finish      queued or running            succeeded, failed or cancelled
 cancel      queued                       cancelled (a running job gets a cancel flag)
 requeue     running abandoned            queued
+resend      queued, message lost         queued (its task is sent again)
 ==========  ===========================  ==============================================
 
-A queued job's task message waits in the broker until a worker takes it; only a running job
-whose worker stopped is queued again (``requeue``, and its caller sends the task again). A
-duplicate message is harmless: ``claim`` lets only one run. See :mod:`contract.broker`.
+A queued job's task message waits in the broker until a worker takes it. A running job whose
+worker stopped is queued again (``requeue``), and a queued job whose message the broker no
+longer holds is marked sent again (``resend``), once per window whoever asks; their callers send
+the task again. A duplicate message is harmless: ``claim`` lets only one run. See
+:mod:`contract.broker`.
 
 The scripts also keep the service's counters and histograms (:mod:`contract.metrics`), in the
 same atomic step as the change they count: ``create`` counts a job submitted, ``finish`` and a
@@ -171,6 +174,21 @@ return 1
 )
 
 
+# KEYS: job, queue. ARGV: now, resend_after, job id -> 1 when the caller should send the task again.
+RESEND_LUA = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  return 0
+end
+if status ~= 'queued' then return 0 end
+local sent = tonumber(redis.call('HGET', KEYS[1], 'sent_at') or '0')
+if tonumber(ARGV[1]) - sent <= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'sent_at', ARGV[1])
+return 1
+"""
+
+
 class Transitions:
     """The transition scripts bound to one client and key prefix."""
 
@@ -181,6 +199,7 @@ class Transitions:
         self._claim = client.register_script(CLAIM_LUA)
         self._finish = client.register_script(FINISH_LUA)
         self._cancel = client.register_script(CANCEL_LUA)
+        self._resend = client.register_script(RESEND_LUA)
         self._requeue = client.register_script(REQUEUE_LUA)
 
     def create(self, job_id: str, spec: JobSpec, *, now: float, ttl_s: int, max_queue: int) -> Any:
@@ -240,4 +259,11 @@ class Transitions:
         return self._requeue(
             keys=[k.job(job_id), k.queue, k.running, k.events(job_id), k.workers, self.metrics.jobs],
             args=[repr(now), repr(stale_after_s), repr(worker_dead_after_s), job_id],
+        )
+
+    def resend(self, job_id: str, *, now: float, resend_after_s: float) -> Any:
+        """Mark a queued job whose task was sent over ``resend_after_s`` ago as sent now; 1 when
+        the caller must send its task again (the caller checked that the message is gone)."""
+        return self._resend(
+            keys=[self.keys.job(job_id), self.keys.queue], args=[repr(now), repr(resend_after_s), job_id]
         )

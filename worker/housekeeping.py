@@ -80,6 +80,9 @@ class WorkerHousekeeping(threading.Thread):
                 for record in store.requeue_abandoned():
                     logger.warning("job %s lost its worker %s; queueing it again", record.id, record.worker)
                     self.resend(record.id, record.spec)
+                for record in store.resend_lost():
+                    logger.warning("job %s is queued but the broker lost its message; sending it again", record.id)
+                    self.resend(record.id, record.spec)
                 store.prune_queue()
             except _Settling:
                 pass

@@ -14,6 +14,7 @@ import redis.exceptions
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from contract.broker import waiting_task_ids
 from contract.layout import CHECK_FIELD, DigitCheck, JobRecord, JobStatus, Keys, event_data, new_job_fields
 from contract.metrics import MODEL_LOAD_BUCKETS, MetricKeys, observation
 from contract.settings import Settings
@@ -216,6 +217,25 @@ class JobStore:
     def prune_queue(self) -> int:
         """Drop queue entries older than the time to live (their jobs have expired)."""
         return int(self.client.zremrangebyscore(self.keys.queue, "-inf", time.time() - self.ttl_s))
+
+    def resend_lost(self) -> list[JobRecord]:
+        """Queued jobs whose task was sent over ``lost_message_after_s`` ago and whose message the
+        broker no longer holds (:func:`contract.broker.waiting_task_ids`), each marked sent now:
+        the caller sends their tasks again. A job whose message waits is never sent twice."""
+        after = self.settings.lost_message_after_s
+        old = self.client.zrangebyscore(self.keys.queue, "-inf", time.time() - after)
+        if not old:
+            return []
+        waiting = waiting_task_ids(self.client, self.settings.queue_name)
+        lost = []
+        for job_id in old:
+            if job_id in waiting:
+                continue
+            if int(self.transitions.resend(job_id, now=time.time(), resend_after_s=after)) == 1:
+                record = self.get(job_id)
+                if record is not None:
+                    lost.append(record)
+        return lost
 
     def requeue_abandoned(self) -> list[JobRecord]:
         """Put running jobs whose worker stopped back in the queue; their records."""

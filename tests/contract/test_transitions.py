@@ -157,3 +157,35 @@ def test_the_queue_cap_is_atomic_under_concurrent_submissions(settings: Settings
     assert client.zcard(f"{settings.key_prefix}:queue") == 32
 
 
+
+
+def test_a_queued_job_is_resent_only_when_the_broker_lost_its_message(
+    settings: Settings, worker_store: JobStore
+) -> None:
+    """A backlog waiting in the broker is never re-sent; a job whose message is gone (a worker died
+    as it took it) is re-sent once per window, whoever asks."""
+    from contract.tasks import make_celery, send_generate
+
+    settings = settings.model_copy(update={"queue_name": settings.key_prefix})  # a queue of its own
+    worker_store = JobStore(settings)
+    app = make_celery(settings)
+    held, lost, waiting = create(settings, count=3)
+    for job_id in (held, lost, waiting):  # each LPUSHed: the oldest is on the right
+        send_generate(app, job_id, SPEC)
+    client = worker_store.client
+    queue = settings.queue_name
+    taken = client.rpop(queue)  # held's message, as a worker's BRPOP takes it, recorded unacknowledged
+    client.hset("unacked", "tag-1", f'[{taken}, "", "{queue}"]')
+    client.rpop(queue)  # lost's message: taken by a worker that died before recording it
+    assert worker_store.resend_lost() == []  # sent just now: no judging yet
+    old = time.time() - settings.lost_message_after_s - 1
+    for job_id in (held, lost, waiting):
+        worker_store.client.hset(worker_store.keys.job(job_id), "sent_at", repr(old))
+        worker_store.client.zadd(worker_store.keys.queue, {job_id: old})
+    (resent,) = worker_store.resend_lost()
+    assert resent.id == lost and resent.spec == SPEC  # the waiting and the held ones stay as they are
+    assert worker_store.resend_lost() == []  # marked sent: once per window
+    client.delete("unacked", queue)
+    app.close()
+    worker_store.client.close()
+    worker_store.raw.close()

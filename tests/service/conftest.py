@@ -81,6 +81,7 @@ def service_env(redis_url: str, model_dir: Path, **extra: str) -> dict[str, str]
             "DDPM_GIF_FRAMES": "8",
             "DDPM_PROGRESS_INTERVAL_S": "0",
             "DDPM_HEARTBEAT_S": "0.5",
+            "DDPM_LOST_MESSAGE_AFTER_S": "3",
             "DDPM_STALE_AFTER_S": "4",
             "PYTHONUNBUFFERED": "1",
             "OMP_NUM_THREADS": "1",
