@@ -118,7 +118,8 @@ def resolve_forward_options(
             for others).
         buckets: the bucket sizes (the largest must be ``max_batch``); None: powers of two up
             to ``max_batch`` when compiling, no padding in eager mode.
-        bf16_supported: whether the CUDA device does bf16 (None: ask torch; only read on CUDA).
+        bf16_supported: whether the CUDA device does bf16 natively (None: from its compute
+            capability, :func:`native_bf16`; only read on CUDA).
     """
     device_type = torch.device(device).type
     if precision not in PRECISIONS:
@@ -126,7 +127,7 @@ def resolve_forward_options(
     if device_type == "cuda":
         if precision == "auto":
             if bf16_supported is None:
-                bf16_supported = torch.cuda.is_bf16_supported()
+                bf16_supported = native_bf16(torch.device(device))
             precision = "bf16" if bf16_supported else "fp16"
     elif precision == "auto":
         precision = "fp32"
@@ -162,6 +163,13 @@ def resolve_forward_options(
     return ForwardOptions(
         device_type, True, mode, bool(freezing), _DTYPES[precision], cudagraphs, resolved_buckets, max_batch
     )
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether a CUDA device computes bf16 in hardware (compute capability 8.0 and up: Ampere,
+    Hopper, ...); ``torch.cuda.is_bf16_supported()`` also says yes where bf16 is only emulated."""
+    major, _minor = torch.cuda.get_device_capability(device)
+    return major >= 8
 
 
 def _raise_recompile_limit(entries: int) -> None:

@@ -74,12 +74,20 @@ def test_nothing_cuda_runs_on_the_cpu(model, monkeypatch):
         raise AssertionError("a CUDA call on the CPU path")
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", no_cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", no_cuda)
     monkeypatch.setattr(torch.cuda, "synchronize", no_cuda)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", no_cuda)
     monkeypatch.setattr(torch, "autocast", no_cuda)
     forward = BucketedForward(model, max_batch=4, buckets=(2, 4))
     assert forward.warmup().keys() == {2, 4}
     assert forward(*inputs(3)).shape == (3, 1, 8, 8)
+
+
+def test_bf16_only_where_the_gpu_computes_it_natively(monkeypatch):
+    for capability, dtype in (((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)  # emulation counts there
+        assert resolve_forward_options("cuda").dtype == dtype, capability
 
 
 def test_padding_does_not_change_the_real_rows(model):
