@@ -61,12 +61,19 @@ def resolve_labels(
     return torch.tensor(labels, dtype=torch.long, device=device)
 
 
-def sample_generators(seed: int | Sequence[int], num_samples: int, device: torch.device) -> list[torch.Generator]:
-    """One generator per sample: seeds ``seed + i`` for an int, else the given seeds."""
+def sample_generators(
+    seed: int | Sequence[int], num_samples: int, device: torch.device | str | None = None
+) -> list[torch.Generator]:
+    """One CPU generator per sample: seeds ``seed + i`` for an int, else the given seeds.
+
+    The generators live on the CPU whatever the model's device (``device`` is accepted for
+    callers that pass it and ignored): a sample's noise then depends only on its seed and step,
+    never on its batch or on the device, so a seed gives the same sample on a CPU and a GPU
+    worker (up to the model's float noise), and a checked sample's seed replays with the CLI."""
     seeds = [int(seed) + i for i in range(num_samples)] if isinstance(seed, int) else [int(s) for s in seed]
     if len(seeds) != num_samples:
         raise ValueError(f"{len(seeds)} seeds for {num_samples} samples")
-    return [torch.Generator(device=device).manual_seed(s % 2**63) for s in seeds]
+    return [torch.Generator(device="cpu").manual_seed(s % 2**63) for s in seeds]
 
 
 @torch.inference_mode()

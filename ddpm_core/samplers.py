@@ -48,14 +48,22 @@ def spaced_timesteps(num_train_timesteps: int, num_inference_steps: int) -> list
 
 def randn_like(sample: torch.Tensor, generator: GeneratorArg) -> torch.Tensor:
     """Standard normal noise of ``sample``'s shape; with a list of generators, row i comes from
-    generator i, so each sample's noise depends on its own generator alone."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+    generator i, so each sample's noise depends on its own generator alone.
+
+    Noise is drawn where the generators live and copied to ``sample``'s device in one copy: with
+    CPU generators (what :func:`ddpm_core.pipeline.sample_generators` makes) a seed gives the
+    same noise on a CPU and on a GPU."""
+    if generator is None:
+        return torch.randn(sample.shape, device=sample.device, dtype=sample.dtype)
+    if isinstance(generator, torch.Generator):
+        noise = torch.randn(sample.shape, generator=generator, device=generator.device, dtype=sample.dtype)
+        return noise.to(sample.device, non_blocking=True)
     if len(generator) != sample.shape[0]:
         raise ValueError(f"{len(generator)} generators for a batch of {sample.shape[0]}")
-    return torch.cat(
-        [torch.randn((1, *sample.shape[1:]), generator=g, device=sample.device, dtype=sample.dtype) for g in generator]
+    noise = torch.cat(
+        [torch.randn((1, *sample.shape[1:]), generator=g, device=g.device, dtype=sample.dtype) for g in generator]
     )
+    return noise.to(sample.device, non_blocking=True)
 
 
 class _SpacedSampler:

@@ -99,3 +99,17 @@ def test_bad_labels_are_refused(model):
         generate(model, sampler(), sample_shape=(1, 8, 8), class_labels=[5])
     with pytest.raises(ValueError, match="guidance"):
         generate(model, sampler(), sample_shape=(1, 8, 8), num_samples=1, guidance_scale=-1)
+
+
+def test_noise_comes_from_cpu_generators_whatever_the_device():
+    """A seed gives the same noise on every device: the generators live on the CPU and the noise
+    is copied to the sample's device (a CUDA generator, Philox, would draw other numbers)."""
+    from ddpm_core.pipeline import sample_generators
+    from ddpm_core.samplers import randn_like
+
+    generators = sample_generators(5, 3, torch.device("cuda"))  # no GPU here: nothing CUDA is made
+    assert [generator.device.type for generator in generators] == ["cpu"] * 3
+    expected = torch.cat([torch.randn((1, 4), generator=torch.Generator().manual_seed(seed)) for seed in (5, 6, 7)])
+    assert torch.equal(randn_like(torch.empty(3, 4), sample_generators(5, 3)), expected)
+    on_meta = randn_like(torch.empty(3, 4, device="meta"), sample_generators(5, 3))
+    assert on_meta.device.type == "meta" and on_meta.shape == (3, 4)
