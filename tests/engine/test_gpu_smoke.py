@@ -1,0 +1,31 @@
+"""``benchmarks/gpu_smoke.py`` runs on a CPU with small shapes and prints its whole table, with
+batched equal to alone and two engines on two threads agreeing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_gpu_smoke_benchmark_runs_small_on_the_cpu() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_smoke.py"), "--small", "--eager", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = {
+        line.split("|")[1].strip(): line.split("|")[2].strip()
+        for line in result.stdout.splitlines()
+        if line.startswith("| ") and not line.startswith("| measure")
+    }
+    assert table["device"] == "cpu"
+    assert float(table["job alone vs in a 16-job batch: mean abs difference (of 255)"]) < 1.0
+    assert float(table["engine vs generate(), one job: mean abs difference (of 255)"]) < 1.0
+    assert table["two engines on two threads: errors; outputs equal"] == "0 []; True"
+    assert len(table) >= 12, table
