@@ -37,7 +37,15 @@ def make_trainer(run_dir, data, steps, **overrides):
             **overrides,
         }
     )
-    return Trainer(UNet(TINY_UNET), NoiseSchedule.linear(50), data, config, run_dir, device="cpu", progress=False)
+    return Trainer(
+        UNet(TINY_UNET),
+        NoiseSchedule.linear(50, scale_to_length=True),
+        data,
+        config,
+        run_dir,
+        device="cpu",
+        progress=False,
+    )
 
 
 def test_resume_is_exact(tmp_path):
