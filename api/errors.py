@@ -36,8 +36,11 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(part) for part in loc if part != "body"]
-    return ".".join(parts) or "body"
+    """The request field an error is about: a body field by its name alone (request bodies are
+    flat; what follows in ``loc`` is the member of a union that failed), others by their place."""
+    if loc and loc[0] == "body":
+        return str(loc[1]) if len(loc) > 1 else "body"
+    return ".".join(str(part) for part in loc) or "body"
 
 
 def validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """A request becomes a :class:`~contract.spec.JobSpec` here, once: the model (with its weights'
-hash), the exact step count, the guidance used and the seed drawn. Torch-free and pure, apart
-from drawing a seed when none is given."""
+hash), the class index, the sample count within the model's limit, the exact step count, the
+guidance used and the seed drawn. Torch-free and pure, apart from drawing a seed when none is
+given."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import secrets
 
 from api.schemas import GenerateRequest
 from contract.registry import ModelInfo
+from contract.samples import sample_kind
 from contract.settings import Limits
 from contract.spec import MAX_REDRAW_ROUNDS, JobSpec
+
+DEFAULT_N = 16
+LISTED_CLASSES = 20  # an error lists at most this many class names
 
 
 class FieldError(Exception):
@@ -23,14 +28,8 @@ class FieldError(Exception):
 
 def resolve_spec(request: GenerateRequest, model: ModelInfo, limits: Limits) -> JobSpec:
     """The job ``request`` asks for on ``model``; raises :class:`FieldError`."""
-    classes = len(model.class_names)
-    if request.digit is not None:
-        if classes == 0:
-            raise FieldError("digit", f"model {model.name!r} is unconditional; omit digit")
-        if request.digit >= classes:
-            raise FieldError("digit", f"must be between 0 and {classes - 1} for model {model.name!r}")
-    if request.n > limits.max_n:
-        raise FieldError("n", f"must be at most {limits.max_n}")
+    class_index = resolve_class(request, model)
+    n = resolve_n(request, model, limits)
     total = model.num_train_timesteps
     if request.sampler == "ddim":
         steps = request.steps if request.steps is not None else min(limits.default_ddim_steps, total)
@@ -46,10 +45,10 @@ def resolve_spec(request: GenerateRequest, model: ModelInfo, limits: Limits) -> 
     guidance = request.guidance if request.guidance is not None else model.default_guidance
     if guidance > limits.max_guidance:
         raise FieldError("guidance", f"must be at most {limits.max_guidance}")
-    if classes == 0:
+    if not model.class_names:
         guidance = 0.0  # an unconditional model has nothing to guide towards
-    if request.redraw_mismatches and request.digit is None:
-        raise FieldError("redraw_mismatches", "needs a digit: unconditional samples have no digit to match")
+    if request.redraw_mismatches and class_index is None:
+        raise FieldError("redraw_mismatches", "needs a class: unconditional samples have no class to match")
     return JobSpec(
         model=model.name,
         weights_sha256=model.weights_sha256,
@@ -57,7 +56,74 @@ def resolve_spec(request: GenerateRequest, model: ModelInfo, limits: Limits) -> 
         steps=steps,
         guidance=float(guidance),
         seed=request.seed if request.seed is not None else secrets.randbelow(2**31),
-        digit=request.digit,
-        n=request.n,
+        digit=class_index,  # the wire name of the class index (workers read spec.digit)
+        n=n,
         redraw_rounds=MAX_REDRAW_ROUNDS if request.redraw_mismatches else 0,
+    )
+
+
+def resolve_class(request: GenerateRequest, model: ModelInfo) -> int | None:
+    """The class index ``class`` (a name or an index) and ``digit`` (an index) ask for; None:
+    unconditional. Both given must agree."""
+    by_class = None if request.class_ is None else _class_index(request.class_, model)
+    if request.digit is not None:
+        if not model.class_names:
+            raise FieldError("digit", f"model {model.name!r} is unconditional; omit digit")
+        if request.digit >= len(model.class_names):
+            raise FieldError("digit", f"must be between 0 and {len(model.class_names) - 1} for model {model.name!r}")
+        if by_class is not None and by_class != request.digit:
+            raise FieldError(
+                "class",
+                f"class {request.class_!r} (index {by_class}) and digit {request.digit} disagree; give one of them",
+            )
+        return request.digit
+    return by_class
+
+
+def _class_index(wanted: int | str, model: ModelInfo) -> int:
+    names = model.class_names
+    if not names:
+        raise FieldError("class", f"model {model.name!r} is unconditional; omit class")
+    if isinstance(wanted, int):
+        if wanted >= len(names):
+            raise FieldError(
+                "class",
+                f"index {wanted} is out of range: model {model.name!r} has {len(names)} classes "
+                f"(0 to {len(names) - 1}): {_listed(names)}",
+            )
+        return wanted
+    text = wanted.strip()  # as ``ddpm sample --class`` reads it: a name, else an index written out
+    if text in names:
+        return names.index(text)
+    if text.isascii() and text.isdigit() and int(text) < len(names):
+        return int(text)
+    raise FieldError(
+        "class",
+        f"unknown class {wanted!r} for model {model.name!r}; its classes: {_listed(names)} "
+        f"(or an index 0 to {len(names) - 1})",
+    )
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:LISTED_CLASSES])
+    return shown if len(names) <= LISTED_CLASSES else f"{shown}, ... ({len(names)} in all)"
+
+
+def resolve_n(request: GenerateRequest, model: ModelInfo, limits: Limits) -> int:
+    """The sample count: as asked, within the model's limit; omitted: 16, or the limit when lower."""
+    limit = limits.n_limit(model.sample_shape)
+    if "n" not in request.model_fields_set:
+        return min(DEFAULT_N, limit)
+    if request.n > limit:
+        raise FieldError("n", f"must be at most {limit} for model {model.name!r} ({_why(model, limits)})")
+    return request.n
+
+
+def _why(model: ModelInfo, limits: Limits) -> str:
+    if sample_kind(model.sample_shape) == "points":
+        return f"points per job: DDPM_MAX_POINTS_PER_JOB={limits.max_points_per_job}"
+    size = "x".join(str(side) for side in model.sample_shape)
+    return (
+        f"{size} images: DDPM_MAX_PIXELS_PER_JOB={limits.max_pixels_per_job} pixels, "
+        f"DDPM_MAX_N={limits.max_n} images per job"
     )

@@ -3,7 +3,8 @@ describes it.
 
 The generate request's bounds come from :class:`contract.settings.Limits`:
 :func:`generate_request_model` builds the request class for the service's limits, so raising
-``DDPM_MAX_N`` changes validation and the OpenAPI schema together.
+``DDPM_MAX_POINTS_PER_JOB`` changes validation and the OpenAPI schema together. What depends on
+the model (its classes, its own ``n`` limit, its steps) is checked in :mod:`api.resolve`.
 """
 
 from __future__ import annotations
@@ -11,21 +12,54 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
 
+from contract.checkable import CheckPlan
 from contract.layout import DigitCheck, JobRecord, JobStatus
 from contract.registry import ModelInfo
+from contract.samples import SampleKind, sample_kind
 from contract.settings import Limits
 from contract.spec import MAX_REDRAW_ROUNDS, MAX_SEED, JobSpec, Sampler
 
+ClassIndex = Annotated[int, Field(strict=True, ge=0)]
+ClassName = Annotated[str, Field(strict=True, min_length=1, max_length=200)]
+
+
+def _class_ref_kind(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    return "index" if isinstance(value, int) else "name" if isinstance(value, str) else None
+
+
+# a class by name or by index: one clear error for any other type
+ClassRef = Annotated[
+    Annotated[ClassIndex, Tag("index")] | Annotated[ClassName, Tag("name")],
+    Discriminator(
+        _class_ref_kind,
+        custom_error_type="class_ref",
+        custom_error_message="must be a class name (a string) or a class index (an integer >= 0)",
+    ),
+]
+
 
 class GenerateRequest(BaseModel):
-    """``POST /generate``. Bounds that depend on the model (digit, steps) are checked against it."""
+    """``POST /generate``. Bounds that depend on the model (class, n, steps) are checked against it.
+
+    ``class`` is a field name Python reserves: in Python it is ``class_`` (construct with
+    ``GenerateRequest.model_validate({"class": ...})``)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    digit: Annotated[int, Field(strict=True, ge=0)] | None = Field(
-        None, description="a class of the model; omitted: unconditional"
+    class_: ClassRef | None = Field(
+        None,
+        alias="class",
+        description="the class to draw: one of the model's class names (GET /models: class_names) or its "
+        "index; omitted: unconditional. Refused for an unconditional model",
+    )
+    digit: ClassIndex | None = Field(
+        None,
+        description="the class index, as class (named for digit models such as MNIST, whose classes are the "
+        "digits 0-9); given with class, both must name the same class",
     )
     n: Annotated[int, Field(strict=True, ge=1)] = Field(16, description="number of samples")
     sampler: Sampler = Field("ddpm", description="ddpm runs all training steps; ddim takes steps")
@@ -43,20 +77,30 @@ class GenerateRequest(BaseModel):
     )
     redraw_mismatches: Annotated[bool, Field(strict=True)] = Field(
         False,
-        description=f"draw the samples the digit check reads as another digit again, up to {MAX_REDRAW_ROUNDS} "
-        "rounds, each with new seeds (sample i in round r: seed + n * r + i); needs a digit",
+        description=f"draw the samples the check reads as another class again, up to {MAX_REDRAW_ROUNDS} "
+        "rounds, each with new seeds (sample i in round r: seed + n * r + i); needs a class",
     )
 
 
 def generate_request_model(limits: Limits) -> type[GenerateRequest]:
-    """:class:`GenerateRequest` with the upper bounds of ``limits`` in its fields."""
+    """:class:`GenerateRequest` with the upper bounds of ``limits`` in its fields.
+
+    ``n``'s bound here is the largest any model may get; each model's own limit (``n_limit`` in
+    ``GET /models``) is checked when the request is resolved against the model."""
+    largest = limits.max_request_n
     return create_model(
         "GenerateRequest",
         __base__=GenerateRequest,
         __doc__=GenerateRequest.__doc__,
         n=(
-            Annotated[int, Field(strict=True, ge=1, le=limits.max_n)],
-            Field(min(16, limits.max_n), description=f"number of samples, 1 to {limits.max_n}"),
+            Annotated[int, Field(strict=True, ge=1, le=largest)],
+            Field(
+                min(16, largest),
+                description=f"number of samples, 1 to the model's limit (GET /models: n_limit): image models "
+                f"at most {limits.max_n} images and {limits.max_pixels_per_job} pixels (height x width) per job, "
+                f"point models at most {limits.max_points_per_job} points; default 16, or the model's limit "
+                "when lower",
+            ),
         ),
         steps=(
             Annotated[int, Field(strict=True, ge=limits.min_steps)] | None,
@@ -155,12 +199,51 @@ class CancelAnswer(BaseModel):
     cancel_requested: bool
 
 
+class ModelView(BaseModel):
+    """One model on offer, as ``GET /models`` shows it (never where its file is)."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    kind: SampleKind = Field(
+        description="image: C x H x W samples, shown as a grid; points: 1-D samples, shown as a scatter plot"
+    )
+    dataset: str = Field(description="the data it was trained on")
+    model_kind: str = Field(description="its network, e.g. unet or mlp")
+    sample_shape: list[int]
+    conditional: bool = Field(description="whether it draws a chosen class (POST /generate: class)")
+    class_names: list[str] = Field(description="its classes by index; empty for an unconditional model")
+    num_train_timesteps: int = Field(description="diffusion timesteps (the ddpm sampler's steps)")
+    training_steps: int | None = Field(description="optimizer steps it was trained for; null when not recorded")
+    default_guidance: float = Field(description="the guidance scale used when a request gives none")
+    parameter_count: int
+    weights_sha256: str
+    n_limit: int = Field(description="most samples one job of this model may ask for")
+    check: CheckPlan = Field(description="whether each job's samples are checked, and by what or why not")
+
+    @classmethod
+    def of(cls, info: ModelInfo, limits: Limits, check: CheckPlan) -> ModelView:
+        return cls(
+            **info.model_dump(),
+            kind=sample_kind(info.sample_shape),
+            n_limit=limits.n_limit(info.sample_shape),
+            check=check,
+        )
+
+
 class ModelList(BaseModel):
     """``GET /models``."""
 
     default: str
-    models: list[ModelInfo]
+    models: list[ModelView]
     limits: Limits
+
+
+class KeyRequirements(BaseModel):
+    """``GET /auth``: which requests need an API key (``X-API-Key`` or ``Authorization: Bearer``)."""
+
+    writes: bool = Field(description="POST /generate and DELETE /jobs/{id} need a key")
+    reads: bool = Field(description="GET /jobs/{id}, its events and results need a key (also as ?api_key=)")
 
 
 class Health(BaseModel):

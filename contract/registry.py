@@ -36,6 +36,7 @@ class ModelInfo(BaseModel):
     conditional: bool
     sample_shape: list[int]
     num_train_timesteps: int
+    training_steps: int | None = Field(None, description="optimizer steps it was trained for, when recorded")
     parameter_count: int
     default_guidance: float
     weights_sha256: str
@@ -122,6 +123,7 @@ class ModelRegistry:
             conditional=bool(class_names),
             sample_shape=[int(item) for item in header["sample_shape"]],
             num_train_timesteps=int(header["schedule"]["num_train_timesteps"]),
+            training_steps=_training_steps(header.get("training") or {}),
             parameter_count=int(header["parameter_count"]),
             default_guidance=defaults.default_guidance,
             weights_sha256=file_sha256(path),
@@ -129,3 +131,9 @@ class ModelRegistry:
         with self._lock:
             self._cache[path] = (key, info)
         return info
+
+
+def _training_steps(training: dict) -> int | None:
+    """The optimizer steps a checkpoint's ``training`` metadata records (``steps``), if any."""
+    steps = training.get("steps")
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0 else None

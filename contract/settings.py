@@ -10,24 +10,44 @@ request schema from it, so validation and ``/openapi.json`` always agree with th
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract.samples import pixels_per_sample, sample_kind
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Limits(BaseModel):
-    """The bounds of a generation request (also shown by ``GET /models``)."""
+    """The bounds of a generation request (also shown by ``GET /models``).
+
+    How many samples one job may ask for depends on the model (:meth:`n_limit`): a point model
+    up to ``max_points_per_job``; an image model as many images as fit in ``max_pixels_per_job``
+    pixels (height x width), at most ``max_n`` and at least one."""
 
     model_config = ConfigDict(frozen=True)
 
-    max_n: int = Field(description="most samples in one job")
+    max_n: int = Field(description="most images in one job, whatever their size")
+    max_pixels_per_job: int = Field(description="most image pixels (height x width, all samples) in one job")
+    max_points_per_job: int = Field(description="most samples (points) in one job of a point model")
     min_steps: int = Field(description="fewest DDIM steps")
     default_ddim_steps: int = Field(description="DDIM steps when none are given")
     max_guidance: float = Field(description="largest classifier-free guidance scale")
+
+    def n_limit(self, sample_shape: Sequence[int]) -> int:
+        """The most samples one job of a model with this sample shape may ask for."""
+        if sample_kind(sample_shape) == "points":
+            return self.max_points_per_job
+        return max(1, min(self.max_n, self.max_pixels_per_job // pixels_per_sample(sample_shape)))
+
+    @property
+    def max_request_n(self) -> int:
+        """The largest ``n`` any model may get (the request schema's bound)."""
+        return max(self.max_n, self.max_points_per_job)
 
 
 class Settings(BaseSettings):
@@ -46,7 +66,10 @@ class Settings(BaseSettings):
     result_ttl_s: int = Field(24 * 3600, ge=60)
     max_queue: int = Field(32, ge=1)  # queued jobs beyond this get 429
     # request limits (see Limits)
-    max_n: int = Field(64, ge=1, le=4096)
+    max_n: int = Field(64, ge=1, le=4096)  # images per job, whatever their size
+    # 256 x 256 pixels: 64 MNIST digits (28 x 28, capped by max_n), 16 images of 64 x 64
+    max_pixels_per_job: int = Field(256 * 256, ge=1)
+    max_points_per_job: int = Field(10_000, ge=1, le=1_000_000)  # samples per job of a point model
     min_steps: int = Field(10, ge=1)
     default_ddim_steps: int = Field(50, ge=1)
     max_guidance: float = Field(10.0, ge=0, allow_inf_nan=False)
@@ -93,6 +116,8 @@ class Settings(BaseSettings):
     def limits(self) -> Limits:
         return Limits(
             max_n=self.max_n,
+            max_pixels_per_job=self.max_pixels_per_job,
+            max_points_per_job=self.max_points_per_job,
             min_steps=self.min_steps,
             default_ddim_steps=self.default_ddim_steps,
             max_guidance=self.max_guidance,

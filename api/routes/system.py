@@ -1,4 +1,5 @@
-"""``GET /models``, ``GET /healthz`` (alive) and ``GET /readyz`` (Redis and a worker)."""
+"""``GET /models``, ``GET /auth`` (which requests need an API key), ``GET /healthz`` (alive) and
+``GET /readyz`` (Redis and a worker)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,31 @@ from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 
 from api import deps
-from api.schemas import Health, ModelList, Readiness, WorkerReadiness
+from api.schemas import Health, KeyRequirements, ModelList, ModelView, Readiness, WorkerReadiness
+from contract.checkable import check_plan
+from contract.registry import ModelRegistry
+from contract.settings import Settings
 
 router = APIRouter(tags=["service"])
 
 
 @router.get("/models", response_model=ModelList)
 async def list_models(registry: deps.RegistryDep, settings: deps.SettingsDep) -> ModelList:
-    """The models on offer, read from their checkpoint headers, and the request limits."""
-    models = await run_in_threadpool(registry.list)
+    """The models on offer, read from their checkpoint headers: kind, classes, sample shape, the
+    most samples one job may ask for, whether results are checked; and the request limits."""
+    models = await run_in_threadpool(_model_views, registry, settings)
     return ModelList(default=registry.default_name(), models=models, limits=settings.limits)
+
+
+def _model_views(registry: ModelRegistry, settings: Settings) -> list[ModelView]:
+    return [ModelView.of(info, settings.limits, check_plan(info, settings)) for info in registry.list()]
+
+
+@router.get("/auth", response_model=KeyRequirements)
+async def auth(settings: deps.SettingsDep) -> KeyRequirements:
+    """Which requests need an API key (DDPM_API_KEYS, DDPM_PROTECT_READS); never the keys."""
+    writes = bool(settings.api_key_set)
+    return KeyRequirements(writes=writes, reads=writes and settings.protect_reads)
 
 
 @router.get("/healthz", response_model=Health)

@@ -21,7 +21,9 @@ from contract.settings import Limits, Settings
 from serve.redis_server import EmbeddedRedis
 from tests.service.conftest import make_tiny_checkpoint
 
-LIMITS = Limits(max_n=64, min_steps=10, default_ddim_steps=50, max_guidance=10.0)
+LIMITS = Limits(
+    max_n=64, max_pixels_per_job=65536, max_points_per_job=10000, min_steps=10, default_ddim_steps=50, max_guidance=10.0
+)
 MODEL = ModelInfo(
     name="mnist",
     dataset="mnist",
@@ -38,7 +40,7 @@ MODEL = ModelInfo(
 
 
 def resolve(**fields) -> object:
-    return resolve_spec(GenerateRequest(**fields), MODEL, LIMITS)
+    return resolve_spec(GenerateRequest.model_validate(fields), MODEL, LIMITS)
 
 
 def test_a_request_resolves_to_an_exact_spec() -> None:
@@ -56,12 +58,17 @@ def test_a_request_resolves_to_an_exact_spec() -> None:
         "n": 16,
     }
     assert resolve(seed=1) != resolve(seed=2)
+    assert resolve(**{"class": "3"}).digit == resolve(**{"class": 3}).digit == resolve(digit=3).digit == 3
 
 
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
         ({"digit": 10}, "digit"),
+        ({"class": 10}, "class"),
+        ({"class": "ten"}, "class"),
+        ({"class": 3, "digit": 4}, "class"),
+        ({"redraw_mismatches": True}, "redraw_mismatches"),
         ({"sampler": "ddim", "steps": 1001}, "steps"),
         ({"sampler": "ddpm", "steps": 999}, "steps"),
         ({"guidance": 10.5}, "guidance"),
@@ -115,15 +122,19 @@ def test_post_stores_the_resolved_spec_and_get_shows_it(client: TestClient, redi
 
 
 def test_limits_come_from_settings_in_validation_and_openapi(redis_server: EmbeddedRedis, model_dir: Path) -> None:
-    for client, settings in app_client(redis_server, model_dir, max_n=128, max_guidance=3.0):
+    overrides = {"max_n": 128, "max_pixels_per_job": 128 * 28 * 28, "max_points_per_job": 500, "max_guidance": 3.0}
+    for client, settings in app_client(redis_server, model_dir, **overrides):
         schema = client.get("/openapi.json").json()["components"]["schemas"]["GenerateRequest"]["properties"]
-        assert schema["n"]["maximum"] == 128
+        assert schema["n"]["maximum"] == 500  # the largest n any model may get: points here
         assert schema["guidance"]["anyOf"][0]["maximum"] == 3.0
-        assert client.post("/generate", json={"n": 100, "sampler": "ddim"}).status_code == 202
-        refused = client.post("/generate", json={"n": 129})
+        assert client.post("/generate", json={"n": 128, "sampler": "ddim"}).status_code == 202
+        refused = client.post("/generate", json={"n": 129})  # within the schema, over the model's limit
         assert refused.status_code == 422 and refused.json()["detail"][0]["field"] == "n"
+        assert "must be at most 128 for model 'mnist'" in refused.json()["message"]
+        assert client.post("/generate", json={"n": 501}).status_code == 422
         assert client.post("/generate", json={"guidance": 3.5}).status_code == 422
-        assert client.get("/models").json()["limits"]["max_n"] == settings.max_n == 128
+        models = client.get("/models").json()
+        assert models["limits"]["max_n"] == settings.max_n == 128 and models["models"][0]["n_limit"] == 128
 
 
 def test_every_answer_has_a_schema_in_openapi(client: TestClient) -> None:
@@ -136,7 +147,8 @@ def test_every_answer_has_a_schema_in_openapi(client: TestClient) -> None:
                 if "application/json" in content:
                     assert content["application/json"]["schema"], f"{method.upper()} {path} {code}"
     schemas = spec["components"]["schemas"]
-    assert {"JobView", "JobSpec", "ModelList", "ModelInfo", "Readiness", "ErrorBody", "CancelAnswer"} <= set(schemas)
-    assert "path" not in schemas["ModelInfo"]["properties"]  # server paths are never shown
+    assert {"JobView", "JobSpec", "ModelList", "ModelView", "Readiness", "ErrorBody", "CancelAnswer"} <= set(schemas)
+    assert "KeyRequirements" in schemas and "CheckPlan" in schemas
+    assert "path" not in schemas["ModelView"]["properties"]  # server paths are never shown
     models = client.get("/models").json()
     assert models["models"][0]["name"] == "mnist" and "path" not in models["models"][0]
