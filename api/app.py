@@ -22,6 +22,7 @@ from redis.backoff import ExponentialBackoff
 
 from api.errors import install_error_handlers
 from api.middleware import AllowedMethods, BodyLimit
+from api.openapi import install_openapi
 from api.routes import events, generate, jobs, metrics, page, system
 from api.store import AsyncJobStore
 from contract.registry import ModelRegistry
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (jobs, events, system, metrics, page):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    install_openapi(app, settings)  # security declared only where a key is enforced
     app.add_middleware(AllowedMethods, router_app=app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origin_list:

@@ -3,7 +3,8 @@ sender and the API-key checks. Everything is created once in :func:`api.app.crea
 
 API keys travel in ``X-API-Key`` or ``Authorization: Bearer``; reads may also pass
 ``?api_key=`` (a browser's EventSource and <img> cannot send headers). The schemes are declared
-so OpenAPI (and the Authorize button of ``/docs``) shows them.
+so OpenAPI (and the Authorize button of ``/docs``) shows them where a key is enforced
+(:mod:`api.openapi` prunes the rest).
 """
 
 from __future__ import annotations

@@ -61,12 +61,45 @@ def test_docs_are_served_without_a_cdn(client: TestClient) -> None:
         assert client.get(path).status_code == 200, path
 
 
-def test_openapi_declares_the_key_schemes_and_error_answers(client: TestClient) -> None:
+def secured(spec: dict) -> dict[str, list[str]]:
+    """``METHOD path`` -> the security schemes its operation declares (operations with any)."""
+    return {
+        f"{method.upper()} {path}": sorted(name for requirement in operation["security"] for name in requirement)
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+        if "security" in operation
+    }
+
+
+def test_openapi_of_a_keyless_service_declares_no_security(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
-    assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
+    assert "securitySchemes" not in spec["components"] and secured(spec) == {}
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            assert "401" not in operation["responses"], f"{method.upper()} {path}"  # never answered
     post = spec["paths"]["/generate"]["post"]
-    assert {"400", "401", "413", "422", "429"} <= set(post["responses"]) and post["security"]
-    assert {"401", "404"} <= set(spec["paths"]["/jobs/{job_id}"]["delete"]["responses"])
+    assert {"400", "413", "422", "429"} <= set(post["responses"])
+    assert client.get("/auth").json() == {"writes": False, "reads": False}
+
+
+def test_openapi_declares_security_where_a_key_is_enforced(redis_server: EmbeddedRedis, model_dir: Path) -> None:  # noqa: F811
+    writes = ["APIKeyHeader", "HTTPBearer"]
+    for client, _ in app_client(redis_server, model_dir, api_keys="k1"):
+        spec = client.get("/openapi.json").json()
+        assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
+        assert set(spec["components"]["securitySchemes"]) == set(writes)  # reads are open: no query scheme
+        assert secured(spec) == {"POST /generate": writes, "DELETE /jobs/{job_id}": writes}
+        assert {"401", "422", "429"} <= set(spec["paths"]["/generate"]["post"]["responses"])
+        assert {"401", "404"} <= set(spec["paths"]["/jobs/{job_id}"]["delete"]["responses"])
+        assert "401" not in spec["paths"]["/jobs/{job_id}"]["get"]["responses"]
+        assert client.get("/auth").json() == {"writes": True, "reads": False}
+    for client, _ in app_client(redis_server, model_dir, api_keys="k1", protect_reads=True):
+        spec = client.get("/openapi.json").json()
+        reads = ["APIKeyHeader", "APIKeyQuery", "HTTPBearer"]
+        for path in ("/jobs/{job_id}", "/jobs/{job_id}/png", "/jobs/{job_id}/gif", "/jobs/{job_id}/events"):
+            assert secured(spec)[f"GET {path}"] == reads and "401" in spec["paths"][path]["get"]["responses"]
+        assert "GET /models" not in secured(spec) and "GET /auth" not in secured(spec)  # the catalogue is public
+        assert client.get("/auth").json() == {"writes": True, "reads": True}
 
 
 def test_options_lists_every_method_of_the_path(client: TestClient) -> None:
