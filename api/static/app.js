@@ -1,12 +1,41 @@
-// The ddpm-service page: submit a job, follow its event stream, show the results.
+// The ddpm-service page: pick a model, submit a job, follow its event stream, show the results.
+// The controls follow the model (GET /models): classes by name for a conditional model (the word
+// "digit" only for digit models), no class or guidance for an unconditional one, points shown
+// as a scatter plot; the API-key field shows when the service needs a key (GET /auth).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const SESSION_KEY = "ddpm-jobs";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const DEFAULT_N = { image: 16, points: 2000 };
+const QUEUE_POLL_MS = 1000;
 let models = [];
 let source = null;
 let currentJob = null;
+let queuePoll = null;
+
+function modelNamed(name) {
+  return models.find((m) => m.name === name);
+}
+
+// digit models (MNIST) call their classes digits; every other model calls them classes
+function isDigitModel(model) {
+  return Boolean(model) && model.dataset === "mnist";
+}
+
+// a class index in words: "digit 3" for digit models, else the class's name ("hero")
+function className(model, index) {
+  if (isDigitModel(model)) return `digit ${index}`;
+  return model?.class_names[index] ?? `class ${index}`;
+}
+
+// what a job draws, in words: "mnist: 4 × digit 3", "sprites: 16 × any", "board: 2000 points"
+function jobSummary(params) {
+  const model = modelNamed(params.model);
+  if (model?.kind === "points") return `${params.model}: ${params.n} points`;
+  const drawn = params.digit === null || params.digit === undefined ? "any" : className(model, params.digit);
+  return `${params.model}: ${params.n} × ${drawn}`;
+}
 
 function sessionJobs() {
   try { return JSON.parse(sessionStorage.getItem(SESSION_KEY) || "[]"); } catch { return []; }
@@ -25,7 +54,7 @@ function renderJobs() {
   for (const job of sessionJobs()) {
     const item = document.createElement("li");
     const p = job.params || {};
-    const what = `${p.n} × ${p.digit === null || p.digit === undefined ? "any" : "digit " + p.digit}, ${p.sampler}`;
+    const what = `${jobSummary(p)}, ${p.sampler}`;
     item.innerHTML = `<code></code> <span class="status"></span> <span></span>`;
     item.children[0].textContent = job.id.slice(0, 8);
     item.children[1].textContent = job.status;
@@ -53,38 +82,73 @@ async function loadModels() {
   }
   if (!models.length) showError("No models are installed on this server.");
   updateModel();
+  renderJobs();
 }
 
+// the API-key field shows only when the service needs a key
+async function loadAuth() {
+  const response = await fetch("/auth");
+  if (!response.ok) return;
+  const needs = await response.json();
+  if (needs.writes || needs.reads) $("api-key-label").hidden = false;
+}
+
+let shownKind = null;
+
 function updateModel() {
-  const model = models.find((m) => m.name === $("model").value);
-  const digit = $("digit");
-  digit.replaceChildren(new Option("any", ""));
+  const model = modelNamed($("model").value);
+  const select = $("digit");
+  select.replaceChildren(new Option("any", ""));
   if (model) {
-    model.class_names.forEach((name, index) => digit.appendChild(new Option(name, String(index))));
-    digit.disabled = !model.conditional;
+    model.class_names.forEach((name, index) => select.appendChild(new Option(name, String(index))));
+    const digits = isDigitModel(model);
+    $("class-word").textContent = digits ? "Digit" : "Class";
+    $("class-label").hidden = !model.conditional;
+    select.disabled = !model.conditional;
+    $("guidance-label").hidden = !model.conditional;  // nothing to guide towards
+    $("redraw-label").hidden = !(model.conditional && model.check.checked);
+    $("n-word").textContent = model.kind === "points" ? "Points" : "Samples";
+    const n = $("n");
+    n.max = model.n_limit;
+    if (shownKind !== model.kind) n.value = Math.min(DEFAULT_N[model.kind] || 16, model.n_limit);
+    else if (Number(n.value) > model.n_limit) n.value = model.n_limit;
+    shownKind = model.kind;
     $("steps").max = model.num_train_timesteps;
     $("steps").value = Math.min(Number($("steps").value) || 50, model.num_train_timesteps);
+    $("model-info").textContent = describe(model);
   }
   updateSampler();
   updateDigit();
+}
+
+function describe(model) {
+  const shape = model.sample_shape.join("×");
+  const what = model.kind === "points" ? `${shape}-D points (a scatter plot)` : `${shape} images`;
+  const classes = !model.conditional ? "unconditional"
+    : isDigitModel(model) ? `digits ${model.class_names.join(", ")}`
+      : `classes ${model.class_names.join(", ")}`;
+  const trained = model.training_steps === null ? "" : `, trained ${model.training_steps} steps`;
+  const limit = `up to ${model.n_limit} ${model.kind === "points" ? "points" : "samples"} per job`;
+  const check = model.check.checked ? `checked by ${model.check.by}` : `not checked: ${model.check.skipped}`;
+  return `${model.name}: ${what} of ${model.dataset}, ${classes}${trained}; ${limit}; ${check}.`;
 }
 
 function updateSampler() {
   $("steps").disabled = $("sampler").value !== "ddim";
 }
 
-// redrawing mismatches needs a digit to match
+// redrawing mismatches needs a class to match
 function updateDigit() {
-  const none = $("digit").value === "";
+  const none = $("digit").value === "" || $("digit").disabled;
   $("redraw").disabled = none;
   if (none) $("redraw").checked = false;
 }
 
 function requestBody() {
   const body = { model: $("model").value, n: Number($("n").value), sampler: $("sampler").value };
-  if ($("digit").value !== "") body.digit = Number($("digit").value);
+  if ($("digit").value !== "" && !$("digit").disabled) body.class = Number($("digit").value);
   if (body.sampler === "ddim") body.steps = Number($("steps").value);
-  if ($("guidance").value !== "") body.guidance = Number($("guidance").value);
+  if ($("guidance").value !== "" && !$("guidance-label").hidden) body.guidance = Number($("guidance").value);
   if ($("seed").value !== "") body.seed = Number($("seed").value);
   if ($("redraw").checked && !$("redraw").disabled) body.redraw_mismatches = true;
   return body;
@@ -133,6 +197,7 @@ async function submit(event) {
 }
 
 function setStatus(status) {
+  if (status !== "queued") stopQueuePoll();
   $("job-status").textContent = status;
   $("job-status").className = "status " + status;
   $("cancel").hidden = TERMINAL.has(status);
@@ -141,9 +206,41 @@ function setStatus(status) {
   if (job && job.status !== status) { job.status = status; saveJob(job); }
 }
 
+function stopQueuePoll() {
+  if (queuePoll !== null) clearInterval(queuePoll);
+  queuePoll = null;
+}
+
+// while a job waits, its place in the queue (GET /jobs/{id}: queue_position), every second
+function watchQueue(jobId) {
+  stopQueuePoll();
+  const poll = async () => {
+    try {
+      const response = await fetch(`/jobs/${jobId}`, { headers: authHeaders() });
+      if (!response.ok || currentJob !== jobId) return;
+      const job = await response.json();
+      if (job.status !== "queued") stopQueuePoll();  // the event stream tells the rest
+      if (job.status !== "queued" || currentJob !== jobId) return;
+      const position = job.queue_position;
+      $("progress-text").textContent = position
+        ? `waiting in the queue: ${position === 1 ? "next to run" : `number ${position}`}`
+        : "waiting for a worker";
+    } catch { /* the event stream reports failures */ }
+  };
+  poll();
+  queuePoll = setInterval(poll, QUEUE_POLL_MS);
+}
+
+function jobParams(jobId) {
+  return (sessionJobs().find((item) => item.id === jobId) || {}).params || {};
+}
+
 function follow(jobId) {
   if (source) source.close();
+  stopQueuePoll();
   currentJob = jobId;
+  const points = modelNamed(jobParams(jobId).model)?.kind === "points";
+  $("preview-caption").textContent = `live preview (predicted clean ${points ? "points" : "images"})`;
   $("current").hidden = false;
   $("job-id").textContent = jobId.slice(0, 8);
   $("progress").value = 0;
@@ -154,14 +251,21 @@ function follow(jobId) {
   $("gif-box").hidden = true;
   $("check").hidden = true;
   setStatus("queued");
+  watchQueue(jobId);
   source = new EventSource(withKey(`/jobs/${jobId}/events`));
-  source.addEventListener("queued", () => setStatus("queued"));
-  source.addEventListener("running", () => setStatus("running"));
+  source.addEventListener("queued", () => {
+    if (queuePoll === null) watchQueue(jobId);  // queued again: its worker stopped
+    setStatus("queued");
+  });
+  source.addEventListener("running", () => {
+    setStatus("running");
+    $("progress-text").textContent = "running";
+  });
   source.addEventListener("progress", (event) => {
     const data = JSON.parse(event.data);
     $("progress").max = data.total;
     $("progress").value = data.step;
-    const eta = data.eta_s === null ? "" : `, about ${data.eta_s.toFixed(1)} s left`;
+    const eta = data.eta_s === null || data.eta_s === undefined ? "" : `, about ${data.eta_s.toFixed(1)} s left`;
     $("progress-text").textContent = `step ${data.step} of ${data.total}${eta}`;
   });
   source.addEventListener("preview", (event) => { $("preview").src = JSON.parse(event.data).image; });
@@ -169,7 +273,7 @@ function follow(jobId) {
     const data = JSON.parse(event.data);
     const count = data.samples.length;
     $("progress-text").textContent =
-      `redrawing ${count} sample${count === 1 ? "" : "s"} read as another digit (round ${data.round})`;
+      `redrawing ${count} sample${count === 1 ? "" : "s"} read as another class (round ${data.round})`;
   });
   for (const status of TERMINAL) {
     source.addEventListener(status, (event) => {
@@ -198,17 +302,31 @@ function showResults(jobId) {
   $("png-link").download = `ddpm-${jobId.slice(0, 8)}.png`;
   $("gif-link").href = gif;
   $("gif-link").download = `ddpm-${jobId.slice(0, 8)}.gif`;
+  const params = jobParams(jobId);
+  const points = modelNamed(params.model)?.kind === "points";
+  $("png-caption").textContent = points ? `a scatter plot of ${params.n} points;` : "";
   $("png-box").hidden = false;
   $("gif-box").hidden = false;
   fetch(`/jobs/${jobId}`, { headers: authHeaders() })
     .then((response) => (response.ok ? response.json() : null))
-    .then((job) => { if (job && currentJob === jobId) renderCheck(job.check); })
+    .then((job) => { if (job && currentJob === jobId) renderCheck(job.check, modelNamed(job.model)); })
     .catch(() => {});
+}
+
+// pixel art is scaled up with hard edges, never scaled down so: a large image shrunk with
+// nearest-neighbour sampling aliases
+function fitRendering(img) {
+  if (!img.naturalWidth || !img.clientWidth) return;
+  img.classList.toggle("upscaled", img.clientWidth * (window.devicePixelRatio || 1) > img.naturalWidth);
+}
+
+function fitAll() {
+  for (const img of document.querySelectorAll("figure img")) fitRendering(img);
 }
 
 // The per-digit check under the grid: what the evaluation classifier reads in each sample,
 // mismatches highlighted
-function renderCheck(check) {
+function renderCheck(check, model) {
   const box = $("check");
   const table = $("check-table");
   const rows = table.tBodies[0];
@@ -216,18 +334,31 @@ function renderCheck(check) {
   box.hidden = !check;
   table.hidden = true;
   if (!check) return;
+  const digits = isDigitModel(model);
+  $("check-title").textContent = digits ? "Per-digit check" : "Check";
+  $("check-read").textContent = digits ? "digit read" : "class read";
   if (check.skipped) {
     $("check-summary").textContent = `Not checked: ${check.skipped}.`;
     return;
   }
+  if (check.points) {
+    $("check-summary").textContent = pointsSummary(check.points);
+    return;
+  }
+  if (!Array.isArray(check.samples) || !check.samples.length) {
+    $("check-summary").textContent = "No samples were checked.";
+    return;
+  }
+  const testSet = digits ? "the MNIST test set" : "its test images";
   const accuracy = check.classifier_test_accuracy === null
-    ? "" : ` (${(100 * check.classifier_test_accuracy).toFixed(2)}% on the MNIST test set)`;
+    ? "" : ` (${(100 * check.classifier_test_accuracy).toFixed(2)}% on ${testSet})`;
   const by = `the classifier ${check.classifier}${accuracy}`;
   let summary;
   if (check.asked === null) {
-    summary = `Digits read by ${by}; no digit was asked, so nothing to match.`;
+    summary = `${digits ? "Digits" : "Classes"} read by ${by}; none was asked, so nothing to match.`;
   } else {
-    summary = `${check.matches} of ${check.samples.length} read as ${check.asked} by ${by}.`;
+    const asked = check.asked_class ?? (digits ? check.asked : className(model, check.asked));
+    summary = `${check.matches} of ${check.samples.length} read as ${asked} by ${by}.`;
     if (check.rounds_run) {
       summary += ` First draw: ${check.first_draw_matches}; ${check.redrawn} redrawn in ${check.rounds_run} `
         + `round${check.rounds_run === 1 ? "" : "s"}.`;
@@ -240,10 +371,21 @@ function renderCheck(check) {
     const row = rows.insertRow();
     if (sample.matches === false) row.classList.add("mismatch");
     const where = `${sample.index} (row ${Math.floor(sample.index / columns) + 1}, col ${sample.index % columns + 1})`;
-    const cells = [where, sample.digit, sample.confidence.toFixed(3), sample.seed, sample.redrawn || ""];
+    const read = sample.class_name ?? sample.label ?? sample.digit;
+    const cells = [where, read, sample.confidence.toFixed(3), sample.seed, sample.redrawn || ""];
     for (const value of cells) row.insertCell().textContent = String(value);
   }
   table.hidden = false;
+}
+
+// a point model's measure, e.g. "3,912 of 4,000 points (97.8%) on black squares; the training
+// data: 100%, points spread evenly: 50%."
+function pointsSummary(points) {
+  const percent = (value) => `${(100 * value).toFixed(1).replace(/\.0$/, "")}%`;
+  const measure = points.measure.replaceAll("_", " ");
+  return `${points.count.toLocaleString("en")} of ${points.total.toLocaleString("en")} points `
+    + `(${percent(points.fraction)}) ${measure}; the training data: ${percent(points.reference)}, `
+    + `points spread evenly: ${percent(points.chance)}.`;
 }
 
 async function cancel() {
@@ -257,5 +399,8 @@ $("model").addEventListener("change", updateModel);
 $("sampler").addEventListener("change", updateSampler);
 $("digit").addEventListener("change", updateDigit);
 $("cancel").addEventListener("click", cancel);
+for (const img of document.querySelectorAll("figure img")) img.addEventListener("load", () => fitRendering(img));
+window.addEventListener("resize", fitAll);
 renderJobs();
 loadModels().catch((error) => showError(`cannot load models: ${error}`));
+loadAuth().catch(() => {});

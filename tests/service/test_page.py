@@ -1,4 +1,6 @@
-"""The web page in a real headless Chromium: generate, watch progress, see the images.
+"""The web page in a real headless Chromium: generate, watch progress, see the images; the
+controls follow the model (digits, named classes, unconditional images, points) and the API-key
+field shows only when the service needs a key.
 
 Needs Debian's ``chromium`` and ``chromium-driver``; without them the test fails when ``CI``
 is set and is skipped otherwise. A screenshot is kept in ``test-artifacts/service/``.
@@ -10,10 +12,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.service.conftest import ARTIFACTS
+from serve.redis_server import EmbeddedRedis
+from tests.api.kinds import SPRITE_CLASSES, write_model_kinds
+from tests.service.conftest import ARTIFACTS, service_env, start_api, stop_process
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -80,6 +85,10 @@ def test_page_generates_and_shows_the_grid_and_gif(browser, base_url: str) -> No
     wait = WebDriverWait(browser, 120, poll_frequency=0.2)
     wait.until(lambda driver: len(driver.find_elements(By.CSS_SELECTOR, "#digit option")) == 11)
     assert browser.find_element(By.ID, "model").get_attribute("value") == "mnist"
+    assert browser.find_element(By.ID, "class-word").text == "Digit"  # a digit model says digit
+    assert "1×28×28 images of mnist, digits 0, 1" in browser.find_element(By.ID, "model-info").text
+    wait.until(lambda driver: driver.execute_script("return document.readyState") == "complete")
+    assert not browser.find_element(By.ID, "api-key-label").is_displayed()  # no key needed here
 
     # a bad value shows the API's message naming the field
     field = browser.find_element(By.ID, "n")
@@ -117,6 +126,15 @@ def test_page_generates_and_shows_the_grid_and_gif(browser, base_url: str) -> No
     assert progress == [15, 15]
     width = browser.execute_script("return document.getElementById('result-png').naturalWidth;")
     assert width == (2 * 30 + 2) * 2  # 4 samples: a 2 x 2 grid, scaled by 2
+    # shown larger (min-width 128 px): hard pixels; shown smaller: smoothed, never aliased
+    rendering = (
+        "const img = document.getElementById('result-png');"
+        "img.style.width = arguments[0]; img.style.minWidth = arguments[0] ? '0' : '';"
+        "fitRendering(img); return getComputedStyle(img).imageRendering;"
+    )
+    assert browser.execute_script(rendering, "") == "pixelated"
+    assert browser.execute_script(rendering, "60px") == "auto"
+    assert browser.execute_script(rendering, "") == "pixelated"
     png_link = browser.find_element(By.ID, "png-link").get_attribute("href")
     assert png_link.endswith("/png")
     jobs = browser.find_elements(By.CSS_SELECTOR, "#jobs li")
@@ -128,3 +146,57 @@ def test_page_generates_and_shows_the_grid_and_gif(browser, base_url: str) -> No
     summary = browser.find_element(By.ID, "check-summary").text
     assert summary == "Not checked: no classifier file mnist_classifier.safetensors."
     assert not browser.find_element(By.ID, "check-table").is_displayed()
+
+
+@pytest.fixture(scope="module")
+def kinds_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_model_kinds(tmp_path_factory.mktemp("page-kinds"))
+
+
+def test_page_follows_the_model_and_shows_the_queue(browser, redis_server: EmbeddedRedis, kinds_dir: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # an API with a key and no worker: a job waits in the queue
+    env = service_env(
+        redis_server.url, kinds_dir, DDPM_API_KEYS="page-key", DDPM_KEY_PREFIX="ddpmpage", DDPM_QUEUE_NAME="ddpmpage"
+    )
+    process, base = start_api(env, "api-page.log")
+    try:
+        browser.get(base + "/")
+        wait = WebDriverWait(browser, 60, poll_frequency=0.2)
+        wait.until(lambda driver: len(driver.find_elements(By.CSS_SELECTOR, "#model option")) == 4)
+        wait.until(lambda driver: driver.find_element(By.ID, "api-key-label").is_displayed())  # GET /auth
+
+        def shown(element_id: str) -> bool:
+            return browser.find_element(By.ID, element_id).is_displayed()
+
+        def choose(model: str) -> None:
+            Select(browser.find_element(By.ID, "model")).select_by_value(model)
+
+        choose("sprites")
+        assert browser.find_element(By.ID, "class-word").text == "Class"
+        names = [option.text for option in browser.find_elements(By.CSS_SELECTOR, "#digit option")]
+        assert names == ["any", *SPRITE_CLASSES]
+        assert shown("class-label") and shown("guidance-label") and not shown("redraw-label")  # not checked
+        choose("flowers")  # unconditional: no class, no guidance
+        assert not shown("class-label") and not shown("guidance-label")
+        n = browser.find_element(By.ID, "n")
+        assert n.get_attribute("max") == "16" and n.get_attribute("value") == "16"
+        choose("board")  # points
+        assert browser.find_element(By.ID, "n-word").text == "Points" and not shown("class-label")
+        assert n.get_attribute("max") == "10000" and n.get_attribute("value") == "2000"
+        info = browser.find_element(By.ID, "model-info").text
+        assert info.startswith("board: 2-D points (a scatter plot) of checkerboard, unconditional; up to 10000 points")
+
+        browser.find_element(By.ID, "api-key").send_keys("page-key")
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda driver: driver.find_element(By.ID, "progress-text").text.startswith("waiting"))
+        assert browser.find_element(By.ID, "progress-text").text == "waiting in the queue: next to run"
+        assert browser.find_element(By.ID, "job-status").text == "queued"
+        assert browser.find_element(By.ID, "preview-caption").text == "live preview (predicted clean points)"
+        assert "board: 2000 points, ddim" in browser.find_element(By.CSS_SELECTOR, "#jobs li").text
+        browser.save_screenshot(str(ARTIFACTS / "page-kinds.png"))
+    finally:
+        stop_process(process, "API")
