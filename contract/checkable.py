@@ -32,8 +32,10 @@ class CheckPlan(BaseModel):
 
 def check_plan(model: ModelInfo, settings: Settings) -> CheckPlan:
     """How ``model``'s samples are checked under ``settings`` (reads whether the classifier file exists)."""
-    if model.dataset == POINT_DATASET and model.sample_shape == POINT_SHAPE:
-        return CheckPlan(checked=True, by="the checkerboard's squares")
+    if len(model.sample_shape) == 1:  # points: measured against their data, no file needed
+        if model.dataset == POINT_DATASET and model.sample_shape == POINT_SHAPE:
+            return CheckPlan(checked=True, by="the checkerboard's squares")
+        return CheckPlan(checked=False, skipped=f"no measure for points of dataset {model.dataset!r}")
     if model.dataset != DIGIT_DATASET:
         return CheckPlan(checked=False, skipped=f"no classifier for dataset {model.dataset!r}")
     if model.sample_shape != DIGIT_SHAPE:
@@ -45,7 +47,7 @@ def check_plan(model: ModelInfo, settings: Settings) -> CheckPlan:
         )
     path = settings.classifier_path
     if path is None:
-        return CheckPlan(checked=False, skipped="the per-digit check is off (DDPM_CLASSIFIER is empty)")
+        return CheckPlan(checked=False, skipped="the per-class check is off (DDPM_CLASSIFIER is empty)")
     if not path.is_file():
         return CheckPlan(checked=False, skipped=f"no classifier file {path.name}")
     return CheckPlan(checked=True, by=f"the digit classifier {path.stem}")

@@ -11,10 +11,12 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from contract.checkable import CheckPlan, check_plan
 from contract.layout import JobRecord
+from contract.settings import Settings
 from serve.redis_server import EmbeddedRedis
 from tests.api.kinds import SPRITE_CLASSES, TRAINING_STEPS, write_model_kinds
-from tests.api.test_requests import app_client
+from tests.api.test_requests import MODEL, app_client
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,8 @@ def test_an_mnist_model_is_checked_when_the_classifier_file_is_there(
         assert not models["sprites"]["check"]["checked"]
     for client, _ in app_client(redis_server, kinds_dir, classifier=""):
         models = {model["name"]: model for model in client.get("/models").json()["models"]}
-        assert models["mnist"]["check"]["skipped"] == "the per-digit check is off (DDPM_CLASSIFIER is empty)"
+        assert models["mnist"]["check"]["skipped"] == "the per-class check is off (DDPM_CLASSIFIER is empty)"
+        assert models["board"]["check"]["checked"]  # points need no classifier file
 
 
 def test_no_answer_shows_a_server_path(
@@ -210,3 +213,20 @@ def test_openapi_documents_class_as_a_name_or_an_index(client: TestClient) -> No
     (choice, null) = request["properties"]["class"]["anyOf"]
     assert {option["type"] for option in choice["oneOf"]} == {"integer", "string"} and null == {"type": "null"}
     assert refused(client, {"class_": 1}, "class_")  # the Python name is not a field of the API
+
+
+@pytest.mark.parametrize(
+    ("dataset", "shape", "classes", "skipped"),
+    [
+        ("moons", [2], 0, "no measure for points of dataset 'moons'"),
+        ("checkerboard", [3], 0, "no measure for points of dataset 'checkerboard'"),
+        ("mnist", [1, 32, 32], 10, "no classifier for samples of shape (1, 32, 32)"),
+        ("mnist", [1, 28, 28], 9, "no classifier for 9 classes (the classifier has 10)"),
+        ("folder:sprites", [3, 16, 16], 5, "no classifier for dataset 'folder:sprites'"),
+    ],
+)
+def test_models_no_check_covers_say_why(dataset: str, shape: list[int], classes: int, skipped: str) -> None:
+    model = MODEL.model_copy(
+        update={"dataset": dataset, "sample_shape": shape, "class_names": [str(c) for c in range(classes)]}
+    )
+    assert check_plan(model, Settings()) == CheckPlan(checked=False, skipped=skipped)
