@@ -1,0 +1,124 @@
+"""The engine's model side, in torch: a job's :class:`~ddpm_core.pipeline.Generation` from its
+request (:meth:`StepExecutor.prepare`, which checks the request) and one tick, the shared
+forward of every running job (:meth:`StepExecutor.step`, over
+:func:`ddpm_core.batching.denoise_step`).
+
+It decides nothing about which jobs run (:mod:`worker.scheduler` does) and keeps no job: the
+engine hands it the generations of the running jobs at each tick.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ddpm_core.batching import Forward, denoise_step
+from ddpm_core.pipeline import Generation, StepInfo
+from ddpm_core.samplers import SAMPLERS, DDIMSampler, DDPMSampler, make_sampler
+from ddpm_core.schedule import NoiseSchedule
+from worker.request_state import EngineRequest
+
+
+@dataclass
+class TickOutput:
+    """One tick: per generation its :class:`StepInfo` or its error (in order), the forward calls
+    it took (more than one when its rows ran in chunks) and its seconds."""
+
+    results: list[StepInfo | BaseException]
+    forward_calls: int
+    seconds: float
+
+
+class StepExecutor:
+    """Builds generations for one model and advances them, one shared forward per tick.
+
+    Args:
+        schedule: the model's training noise schedule (samplers are built from it).
+        sample_shape: one sample's shape.
+        device: the model's device (where generations keep their samples).
+        num_classes: the model's classes (0: unconditional).
+        max_batch: rows per forward call; more rows run in chunks of at most this many.
+    """
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        sample_shape: tuple[int, ...],
+        device: torch.device,
+        num_classes: int,
+        max_batch: int,
+    ) -> None:
+        self.schedule = schedule
+        self.sample_shape = sample_shape
+        self.device = device
+        self.num_classes = num_classes
+        self.max_batch = max_batch
+        self._samplers: dict[tuple[str, int | None, float], DDPMSampler | DDIMSampler] = {}
+        self._samplers_lock = threading.Lock()
+
+    def prepare(self, request: EngineRequest) -> Generation:
+        """The request's generation, at step 0 (any thread).
+
+        Raises:
+            ValueError: a bad request (unknown sampler, step count, label out of range, ...).
+        """
+        if request.n < 1:
+            raise ValueError("n must be at least 1")
+        if request.eta and request.sampler != "ddim":
+            raise ValueError("eta is for the ddim sampler only")
+        if request.time_limit_s is not None and request.time_limit_s <= 0:
+            raise ValueError("time_limit_s must be positive")
+        if request.seeds is not None and len(request.seeds) != request.n:
+            raise ValueError(f"{len(request.seeds)} seeds for {request.n} samples")
+        labels = request.class_labels()
+        for label in labels or ():
+            if label is not None and not 0 <= int(label) < self.num_classes:
+                # the null label num_classes is spelt None here
+                raise ValueError(f"class label {label} out of range [0, {self.num_classes - 1}]")
+        return Generation(
+            self.sampler(request.sampler, request.steps, request.eta),
+            sample_shape=self.sample_shape,
+            num_samples=request.n,
+            class_labels=labels,
+            guidance_scale=request.guidance,
+            seed=request.seed if request.seeds is None else [int(seed) for seed in request.seeds],
+            device=self.device,
+            num_classes=self.num_classes,
+            skip_null_unconditional=True,
+        )
+
+    def sampler(self, name: str, steps: int | None, eta: float) -> DDPMSampler | DDIMSampler:
+        """Samplers are read-only once their timesteps are set, so jobs share them."""
+        if name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+        key = (name, steps, float(eta))
+        with self._samplers_lock:
+            sampler = self._samplers.get(key)
+        if sampler is None:
+            options = {"eta": float(eta)} if name == "ddim" else {}
+            sampler = make_sampler(name, self.schedule, steps, **options)
+            with self._samplers_lock:
+                sampler = self._samplers.setdefault(key, sampler)
+        return sampler
+
+    def step(self, generations: Sequence[Generation], forward: Forward) -> TickOutput:
+        """Advance every generation by one step with one shared ``forward``.
+
+        Raises:
+            Exception: the forward's error (no generation advanced); an error of one
+                generation's own step is in its place in ``results`` instead.
+        """
+        started = time.perf_counter()
+        forward_calls = 0
+
+        def counted_forward(sample: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor | None):
+            nonlocal forward_calls
+            forward_calls += 1
+            return forward(sample, timesteps, labels)
+
+        results = denoise_step(generations, counted_forward, max_batch=self.max_batch, return_exceptions=True)
+        return TickOutput(results, forward_calls, time.perf_counter() - started)
