@@ -53,7 +53,7 @@ from ddpm_core.errors import GenerationCancelled
 from ddpm_core.pipeline import Generation
 from ddpm_core.schedule import NoiseSchedule
 from worker.engine_stats import EngineStats
-from worker.executor import StepExecutor
+from worker.executor import StepExecutor, is_fatal_device_error
 from worker.request_state import EngineClosed, EngineJob, EngineRequest, JobState, JobStatus, JobTimeLimit, StepCallback
 from worker.scheduler import Drop, Scheduler
 
@@ -102,6 +102,9 @@ class Engine:
             the model's device type.
         name: the thread's name, for logs.
         start: start the thread now; False lets a caller queue jobs first (:meth:`start`).
+        on_fatal: called with a forward's error that leaves the device unusable (a CUDA error
+            but out-of-memory: :func:`~worker.executor.is_fatal_device_error`) after its jobs
+            failed; a worker ends its process there, so that it is restarted.
     """
 
     def __init__(
@@ -114,8 +117,10 @@ class Engine:
         max_batch: int | None = None,
         name: str = "ddpm-engine",
         start: bool = True,
+        on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         parameter = next(model.parameters())
+        self.on_fatal = on_fatal
         self.model = model
         self.schedule = schedule
         self.sample_shape = tuple(int(size) for size in sample_shape)
@@ -354,6 +359,8 @@ class Engine:
             logger.exception("engine %s: forward over %d jobs (%d rows) failed", self.name, len(running), rows)
             for live in running:
                 self._end(live, JobStatus.FAILED, error=error)
+            if self.on_fatal is not None and is_fatal_device_error(error):
+                self.on_fatal(error)  # a sticky device error: every later tick would fail too
             return
         with self._lock:
             self._stats.ticks += 1

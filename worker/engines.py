@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -33,6 +34,15 @@ logger = logging.getLogger(__name__)
 IDLE_BEFORE_EVICTION_S = 60.0
 FIRST_BACKOFF_S = 10.0
 MAX_BACKOFF_S = 600.0
+EXIT_DEVICE_ERROR = 70  # EX_SOFTWARE
+
+
+def exit_for_device_error(error: BaseException) -> None:
+    """End the worker process after a sticky device error: the supervisor (``ddpm serve``,
+    Docker's restart policy) starts a fresh one, and the jobs it held run again there."""
+    logger.critical("the device is unusable (%s: %s); ending the worker process", type(error).__name__, error)
+    logging.shutdown()
+    os._exit(EXIT_DEVICE_ERROR)
 
 
 class ModelUnavailable(RuntimeError):
@@ -145,6 +155,7 @@ class EnginePool:
             forward=forward,
             max_batch=forward.max_batch,
             name=f"engine-{name}-{loaded.weights_sha256[:8]}",
+            on_fatal=exit_for_device_error,
         )
 
     def _take_idle(self) -> list[tuple[str, Engine]]:

@@ -112,7 +112,6 @@ class StepExecutor:
             Exception: the forward's error (no generation advanced); an error of one
                 generation's own step is in its place in ``results`` instead.
         """
-        started = time.perf_counter()
         forward_calls = 0
 
         def counted_forward(sample: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor | None):
@@ -120,5 +119,27 @@ class StepExecutor:
             forward_calls += 1
             return forward(sample, timesteps, labels)
 
+        if self.device.type != "cuda":
+            started = time.perf_counter()
+            results = denoise_step(generations, counted_forward, max_batch=self.max_batch, return_exceptions=True)
+            return TickOutput(results, forward_calls, time.perf_counter() - started)
+        # on CUDA the work is asynchronous: time it with events, waiting for the tick's end
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         results = denoise_step(generations, counted_forward, max_batch=self.max_batch, return_exceptions=True)
-        return TickOutput(results, forward_calls, time.perf_counter() - started)
+        end.record()
+        end.synchronize()
+        return TickOutput(results, forward_calls, start.elapsed_time(end) / 1000)
+
+
+def is_fatal_device_error(error: BaseException) -> bool:
+    """Whether ``error`` leaves the device unusable: a CUDA error other than running out of
+    memory is sticky (every later kernel fails too), so the process must end and be restarted;
+    an out-of-memory error fails its tick only."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return False
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    if accelerator_error is not None and isinstance(error, accelerator_error):
+        return True
+    message = str(error)
+    return isinstance(error, RuntimeError) and ("CUDA error" in message or "CUBLAS_STATUS" in message)

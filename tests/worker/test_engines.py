@@ -4,6 +4,9 @@ remembered, and retried only after its backoff."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +17,7 @@ import torch
 import worker.engines as engines_module
 from contract.registry import ModelRegistry
 from contract.settings import Settings
-from tests.service.conftest import make_tiny_checkpoint
+from tests.service.conftest import REPO, make_tiny_checkpoint
 from tests.worker.test_models import spec_for
 from worker.engine import Engine, EngineRequest
 from worker.engines import EnginePool, ModelUnavailable
@@ -98,3 +101,34 @@ def test_a_slow_load_holds_up_neither_another_model_nor_a_stats_read(
     waiter.join(60)
     assert results["slow"][1] is results["waiter"][1]  # one engine for both
     pool.close()
+
+
+def test_a_sticky_device_error_ends_the_worker_process_and_an_oom_does_not(tmp_path: Path) -> None:
+    """A CUDA error other than out-of-memory fails every later kernel: the engine fails the tick's
+    jobs and the worker process ends (status 70) so that it is restarted, instead of failing every
+    job it takes while it keeps reporting alive. Injected as the errors torch raises."""
+    script = tmp_path / "engine.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from tests.tiny_models import SCHEDULE, SHAPE, TINY, perturbed\n"
+        "from worker.engine import Engine, EngineRequest\n"
+        "from worker.engines import exit_for_device_error\n"
+        "model = perturbed(TINY)\n"
+        "error = {'oom': torch.OutOfMemoryError('CUDA out of memory'),\n"
+        "         'sticky': RuntimeError('CUDA error: an illegal memory access was encountered')}[sys.argv[1]]\n"
+        "def forward(x, t, y):\n"
+        "    raise error\n"
+        "engine = Engine(model, SCHEDULE, sample_shape=SHAPE, forward=forward, on_fatal=exit_for_device_error)\n"
+        "job = engine.submit(EngineRequest(n=1, sampler='ddim', steps=5, digit=1))\n"
+        "assert job.exception(60) is error\n"
+        "engine.close(timeout=10)\n"
+        "print('still running')\n"
+    )
+    for kind, status, printed in (("oom", 0, True), ("sticky", 70, False)):
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        result = subprocess.run(
+            [sys.executable, str(script), kind], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == status, (kind, result.stderr[-2000:])
+        assert ("still running" in result.stdout) == printed, kind
+    assert "the device is unusable" in result.stderr
