@@ -1,9 +1,12 @@
-"""A small MNIST CNN used to judge generated digits: its accuracy on them and the Fréchet
-distance in its penultimate-layer features (an MNIST stand-in for Inception FID).
+"""A small CNN used to judge generated images: its accuracy on them and the Fréchet distance in
+its penultimate-layer features (an MNIST stand-in for Inception FID).
 
-Images enter as uint8 (N, 28, 28) or (N, 1, 28, 28), real and generated alike, and go through
-:func:`preprocess` (x / 127.5 - 1, the diffusion models' own scaling). Weights and config are
-stored as safetensors with JSON metadata; nothing is pickled.
+Built for MNIST (1 x 28 x 28, ten digits) by default; ``in_channels``, ``image_size`` and
+``num_classes`` make it a classifier of any image data set a model is trained on (see
+:mod:`ddpm_core.evaluation.pairing` for how one is paired to a model). Images enter as uint8
+(N, C, S, S), or (N, S, S) when grey, real and generated alike, and go through :func:`preprocess`
+(x / 127.5 - 1, the diffusion models' own scaling). Weights and config are stored as safetensors
+with JSON metadata; nothing is pickled.
 """
 
 from __future__ import annotations
@@ -27,11 +30,10 @@ from ddpm_core.checkpoint import check_model_matches_header
 from ddpm_core.checkpoint_header import file_sha256, read_raw_header, tensor_shapes
 from ddpm_core.config import StoredConfig
 from ddpm_core.errors import CheckpointError
+from ddpm_core.evaluation.pairing import CLASSIFIER_FORMAT, CLASSIFIER_FORMAT_VERSION, ClassifierHeader
 
 logger = logging.getLogger(__name__)
 
-CLASSIFIER_FORMAT = "ddpm-service.mnist-classifier"
-CLASSIFIER_FORMAT_VERSION = "1"
 MAX_BLOCKS = 16  # per stage: a file's config is untrusted and building takes time linear in the depth
 
 
@@ -39,15 +41,18 @@ MAX_BLOCKS = 16  # per stage: a file's config is untrusted and building takes ti
 class ClassifierConfig(StoredConfig):
     """Everything needed to rebuild a :class:`DigitClassifier`; stored in its file as JSON.
 
-    Three stages of ``blocks`` 3x3 conv-BN-ReLU blocks with ``channels`` at 28, 14 and 7 pixels,
-    global average pooling into a ``channels[-1]``-dimensional feature vector (the FID features),
-    dropout, one linear layer.
+    Images of ``in_channels`` x ``image_size`` x ``image_size`` (MNIST's 1 x 28 x 28 by
+    default); three stages of ``blocks`` 3x3 conv-BN-ReLU blocks with ``channels`` at S, S/2 and
+    S/4 pixels (28, 14 and 7), global average pooling into a ``channels[-1]``-dimensional feature
+    vector (the FID features), dropout, one linear layer.
     """
 
     channels: tuple[int, ...] = (32, 64, 96)
     blocks: tuple[int, ...] = (1, 1, 2)
     num_classes: int = 10
     dropout: float = 0.1
+    in_channels: int = 1
+    image_size: int = 28
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -62,6 +67,15 @@ class ClassifierConfig(StoredConfig):
             raise ValueError("num_classes must be at least 2")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
+        if self.in_channels not in (1, 3):
+            raise ValueError("in_channels must be 1 or 3")
+        if not 4 <= self.image_size <= 1024:
+            raise ValueError("image_size must be in [4, 1024]")
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """The images it reads: (C, S, S)."""
+        return (self.in_channels, self.image_size, self.image_size)
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -73,13 +87,15 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class DigitClassifier(nn.Module):
-    """(B, 1, 28, 28) in [-1, 1] -> logits (B, num_classes); :meth:`features` -> (B, channels[-1])."""
+    """(B, C, S, S) in [-1, 1] -> logits (B, num_classes); :meth:`features` -> (B, channels[-1]).
+
+    (B, 1, 28, 28) for MNIST digits; the name stays from when digits were all it read."""
 
     def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
         self.config = config
         layers: list[nn.Module] = []
-        in_channels = 1
+        in_channels = config.in_channels
         for stage, (channels, blocks) in enumerate(zip(config.channels, config.blocks, strict=True)):
             if stage:
                 layers.append(nn.MaxPool2d(2))  # 28 -> 14 -> 7
@@ -91,31 +107,34 @@ class DigitClassifier(nn.Module):
         self.head = nn.Linear(in_channels, config.num_classes)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Penultimate-layer features (B, channels[-1]) of images (B, 1, 28, 28)."""
+        """Penultimate-layer features (B, channels[-1]) of images (B, C, S, S)."""
         return self.body(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (B, num_classes) of images (B, 1, 28, 28) in [-1, 1]."""
+        """Logits (B, num_classes) of images (B, C, S, S) in [-1, 1]."""
         return self.head(self.dropout(self.features(images)))
 
 
-def preprocess(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 images (N, 28, 28) or (N, 1, 28, 28) -> float32 (N, 1, 28, 28) in [-1, 1]."""
+def preprocess(images: np.ndarray | torch.Tensor, sample_shape: tuple[int, ...] = (1, 28, 28)) -> torch.Tensor:
+    """uint8 images (N, C, S, S), or (N, S, S) when grey -> float32 (N, C, S, S) in [-1, 1].
+
+    ``sample_shape`` (C, S, S) is the shape the images must have (MNIST's by default)."""
     tensor = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))
-    if tensor.ndim == 3:
+    if tensor.ndim == 3 and sample_shape[0] == 1:
         tensor = tensor[:, None]
-    if tensor.ndim != 4 or tuple(tensor.shape[1:]) != (1, 28, 28):
-        raise ValueError(f"expected 28x28 grey images, got shape {tuple(tensor.shape)}")
+    if tensor.ndim != 4 or tuple(tensor.shape[1:]) != tuple(sample_shape):
+        channels, height, width = sample_shape
+        raise ValueError(f"expected {channels} x {height} x {width} images, got shape {tuple(tensor.shape)}")
     return tensor.float().div_(127.5).sub_(1.0)
 
 
 @torch.inference_mode()
 def classify(model: DigitClassifier, images: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted labels (N,) int64 and float64 features (N, D) of uint8 images (N, 28, 28)."""
+    """Predicted labels (N,) int64 and float64 features (N, D) of uint8 images (N, C, S, S) (or (N, S, S) grey)."""
     model.eval()
     labels, features = [], []
     for start in range(0, len(images), batch_size):
-        batch = preprocess(images[start : start + batch_size])
+        batch = preprocess(images[start : start + batch_size], model.config.sample_shape)
         feature = model.features(batch)
         labels.append(model.head(feature).argmax(dim=1).numpy())
         features.append(feature.double().numpy())
@@ -156,7 +175,7 @@ def train_classifier(
     config: ClassifierConfig,
     train_config: ClassifierTrainConfig,
 ) -> DigitClassifier:
-    """Train on uint8 images (N, 28, 28) with labels (N,): AdamW, one-cycle LR, random shifts.
+    """Train on uint8 images (N, C, S, S) (or (N, S, S) grey) with labels (N,): AdamW, one-cycle LR, random shifts.
 
     Deterministic for a given seed on one CPU thread.
     """
@@ -167,7 +186,7 @@ def train_classifier(
     torch.manual_seed(train_config.seed)
     generator = torch.Generator().manual_seed(train_config.seed)
     model = DigitClassifier(config)
-    data = preprocess(images)
+    data = preprocess(images, config.sample_shape)
     targets = torch.as_tensor(labels, dtype=torch.long)
     steps_per_epoch = -(-len(data) // train_config.batch_size)
     optimizer = torch.optim.AdamW(
@@ -204,7 +223,7 @@ def train_classifier(
 
 
 def accuracy(model: DigitClassifier, images: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of uint8 images (N, 28, 28) classified as their labels (N,)."""
+    """Fraction of uint8 images (N, C, S, S) (or (N, S, S) grey) classified as their labels (N,)."""
     predicted, _ = classify(model, images)
     return float((predicted == np.asarray(labels)).mean())
 
@@ -226,12 +245,13 @@ def save_classifier(path: str | Path, model: DigitClassifier, info: dict[str, An
 
 @dataclass
 class LoadedClassifier:
-    """A classifier ready to use, with its file's ``info`` and SHA-256."""
+    """A classifier ready to use, with its file's ``info``, what it judges (``header``) and SHA-256."""
 
     path: Path
     model: DigitClassifier
     info: dict[str, Any]
     sha256: str
+    header: ClassifierHeader
 
 
 def load_classifier(path: str | Path) -> LoadedClassifier:
@@ -244,12 +264,15 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
     header = read_raw_header(path)
     metadata = header.get("__metadata__") or {}
     if metadata.get("format") != CLASSIFIER_FORMAT:
-        raise CheckpointError(f"{path} is not an MNIST classifier file (no '{CLASSIFIER_FORMAT}' metadata)")
+        raise CheckpointError(f"{path} is not an MNIST classifier or other image classifier file")
     if metadata.get("format_version") != CLASSIFIER_FORMAT_VERSION:
         raise CheckpointError(f"{path}: classifier format version {metadata.get('format_version')} is not supported")
     try:
         config = ClassifierConfig.from_dict(json.loads(metadata["config"]))
         info = json.loads(metadata.get("info", "{}"))
+        if not isinstance(info, dict):
+            raise ValueError("info must be a JSON object")
+        judges = ClassifierHeader.from_metadata(path.stem, config.to_dict(), info)
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: bad classifier metadata: {error}") from None
     try:
@@ -263,4 +286,4 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
         model.load_state_dict(load_file(str(path), device="cpu"), strict=True)
     except (SafetensorError, OSError, RuntimeError) as error:
         raise CheckpointError(f"{path}: cannot load classifier weights: {str(error).splitlines()[0]}") from None
-    return LoadedClassifier(path=path, model=model.eval(), info=info, sha256=file_sha256(path))
+    return LoadedClassifier(path=path, model=model.eval(), info=info, sha256=file_sha256(path), header=judges)
