@@ -5,8 +5,8 @@ Per job, each with the result time to live:
 * ``{p}:job:{id}`` hash: ``status``, ``spec`` (a :class:`~contract.spec.JobSpec` as JSON),
   ``step``, ``total``, ``created_at`` / ``started_at`` / ``finished_at`` / ``heartbeat_at``
   / ``sent_at`` (epoch seconds), ``worker``, ``attempts``, ``cancel``, ``error``, ``seconds``,
-  ``check`` (the per-digit check of the samples, a :class:`DigitCheck` as JSON, written by the
-  worker just before the job succeeds);
+  ``check`` (the check of the samples, per class or of points, a :class:`DigitCheck` as JSON,
+  written by the worker just before the job succeeds);
 * ``{p}:events:{id}`` stream: entries ``event`` (type) and ``data`` (JSON), ids used as SSE ids;
 * ``{p}:png:{id}``, ``{p}:gif:{id}``: the results.
 
@@ -24,9 +24,9 @@ import json
 import socket
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from contract.spec import JobSpec
 
@@ -92,43 +92,92 @@ class Keys:
         return f"{self.prefix}:worker-stats:{worker}"
 
 
+CheckKind = Literal["classifier", "points"]
+
+
 class SampleCheck(BaseModel):
     """What the evaluation classifier reads in one final sample."""
 
     model_config = ConfigDict(extra="ignore")
 
     index: int = Field(description="the sample's place in the PNG grid: row by row, from 0")
-    digit: int = Field(description="the digit the classifier reads")
-    confidence: float = Field(description="the classifier's softmax probability of that digit")
+    label: int = Field(description="the class the classifier reads: its index among the model's classes")
+    class_name: str = Field(description="the name of that class")
+    digit: int | None = Field(
+        None,
+        description="the same as label (named when every model drew digits): the digit read for a digit model "
+        "such as MNIST, whose classes are the digits 0-9",
+    )
+    confidence: float = Field(description="the classifier's softmax probability of that class")
     seed: int = Field(description="the seed of the sample shown (request it alone with this seed and n = 1)")
-    matches: bool | None = Field(description="whether it reads as the digit asked for; null without a digit")
+    matches: bool | None = Field(description="whether it reads as the class asked for; null without a class")
     redrawn: int = Field(
         0, description="how often it was drawn again (0: the first draw); its seed is seed + n * redrawn + index"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _older_records(cls, data: Any) -> Any:
+        """Records written before the per-class check name only the digit read."""
+        if isinstance(data, dict) and "label" not in data and isinstance(data.get("digit"), int):
+            data = {**data, "label": data["digit"], "class_name": data.get("class_name") or str(data["digit"])}
+        return data
+
+
+class PointsCheck(BaseModel):
+    """How a 2D point model's final samples fit its data: the checkerboard's fraction on black squares."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    measure: str = Field(description="what is measured, e.g. 'on_black_squares' (the checkerboard's squares)")
+    fraction: float = Field(description="the fraction of the final samples the measure counts (higher is better)")
+    count: int = Field(description="samples counted")
+    total: int = Field(description="samples measured")
+    reference: float = Field(description="the real data's fraction (1.0: every training point lies on them)")
+    chance: float = Field(description="the fraction of points spread evenly over the square [-1, 1]^2")
+
 
 class DigitCheck(BaseModel):
-    """The per-digit check: the evaluation classifier labels every final sample in the PNG's order.
+    """The check of a job's final samples, of one of two kinds (``kind``):
 
-    ``skipped`` says why a job was not checked (no classifier for its model); the other fields are
-    then empty. A mismatch may be the classifier's error as well as the model's."""
+    * ``classifier``, the per-class check: an evaluation classifier paired to the model labels
+      every final sample in the PNG's order (``samples``); a mismatch may be the classifier's error
+      as well as the model's. Each sample says the class read by index (``label``, and ``digit``
+      as records before named it) and by name (``class_name``);
+    * ``points``: a 2D point model's samples measured against its data (``points``).
+
+    ``skipped`` says why a job was not checked (no classifier or measure for its model); the
+    other fields are then empty. The name stays ``DigitCheck``, as records and clients know it."""
 
     model_config = ConfigDict(extra="ignore")
 
     skipped: str | None = Field(None, description="why the samples were not checked; null when they were")
+    kind: CheckKind | None = Field(
+        None, description="classifier: each sample's class read; points: a measure of the points; null when skipped"
+    )
     classifier: str | None = Field(None, description="the classifier's name (its file stem)")
     classifier_sha256: str | None = Field(None, description="SHA-256 of the classifier file")
     classifier_test_accuracy: float | None = Field(
-        None, description="the classifier's accuracy on the MNIST test set, as stored in its file"
+        None, description="the classifier's accuracy on its held-out test images (MNIST's test set), from its file"
     )
-    asked: int | None = Field(None, description="the digit asked for; null for unconditional samples")
-    matches: int | None = Field(None, description="final samples read as the digit asked; null without a digit")
-    first_draw_matches: int | None = Field(None, description="samples of the first draw read as the digit asked")
+    asked: int | None = Field(None, description="the class (index) asked for; null for unconditional samples")
+    asked_class: str | None = Field(None, description="the name of the class asked for")
+    matches: int | None = Field(None, description="final samples read as the class asked; null without a class")
+    first_draw_matches: int | None = Field(None, description="samples of the first draw read as the class asked")
     redraw_rounds: int = Field(0, description="redraw rounds the job allowed (0: mismatches are kept)")
     rounds_run: int = Field(0, description="redraw rounds run")
     redrawn: int = Field(0, description="samples drawn again at least once")
-    seconds: float | None = Field(None, description="time spent classifying")
+    seconds: float | None = Field(None, description="time spent checking")
     samples: list[SampleCheck] = Field(default_factory=list, description="one per sample, in the PNG's order")
+    points: PointsCheck | None = Field(None, description="the measure of a point model's samples (kind points)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_records(cls, data: Any) -> Any:
+        """Records written before checks had kinds were all classifier checks (or skipped)."""
+        if isinstance(data, dict) and data.get("kind") is None and data.get("classifier") and not data.get("skipped"):
+            data = {**data, "kind": "classifier"}
+        return data
 
 
 @dataclass(frozen=True)

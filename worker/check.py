@@ -1,17 +1,24 @@
-"""The per-digit check: after sampling, the evaluation classifier reads every generated digit.
+"""The check of a job's final samples: per class for image models, a measure for point models.
 
-The classifier (``DDPM_CLASSIFIER``, by default ``mnist_classifier.safetensors`` in the model
-directory; the file ``ddpm evaluate`` uses) is loaded once per worker process, on first need, on
-the worker's device. It reads the samples exactly as the PNG shows them (quantised to 8 bits),
-in the PNG's order, and gives each its digit and the softmax probability of that digit. Only
-models it can judge are checked: MNIST models with 28x28 grey samples and the classifier's
-number of classes (or none: unconditional samples get labels but no match count); any other
-model's job says why it was skipped.
+* **Per class** (``kind: classifier``): an evaluation classifier paired to the model reads every
+  final sample exactly as the PNG shows it (quantised to 8 bits), in the PNG's order, and gives
+  each its class and the softmax probability of that class. The classifier is the model's own
+  (``<model>_classifier.safetensors`` beside its checkpoint, made by ``python -m
+  ddpm_core.evaluation.train_classifier --checkpoint``) or the service's default (``DDPM_CLASSIFIER``,
+  by default ``mnist_classifier.safetensors`` in the model directory, the file ``ddpm evaluate``
+  uses); it judges only a model trained on its data set, at its sample shape, with its classes
+  (:mod:`ddpm_core.evaluation.pairing`). Each file is loaded once per worker process, on first
+  need, on the worker's device (again when the file is replaced).
+* **Points** (``kind: points``): a checkerboard model's samples are measured by the fraction on
+  the board's black squares (:func:`ddpm_core.data.checkerboard_fraction_on_black`), beside the
+  real data's 1.0 and the 0.5 of points spread evenly.
 
-A job whose spec allows redraw rounds draws the samples read as another digit again, round r
+Any other model's job says why it was not checked (:func:`skipped`).
+
+A job whose spec allows redraw rounds draws the samples read as another class again, round r
 with seed ``seed + n * r + i`` for sample i (:meth:`~contract.spec.JobSpec.sample_seed`), so the
 job stays reproducible; the caller runs each round on the model's engine, where it shares
-batches with the other jobs. A sample still read as another digit after the last round is kept
+batches with the other jobs. A sample still read as another class after the last round is kept
 as drawn last. A mismatch can be the classifier's error as well as the model's.
 """
 
@@ -26,15 +33,14 @@ from pathlib import Path
 
 import torch
 
-from contract.layout import DigitCheck, SampleCheck
+from contract.layout import DigitCheck, PointsCheck, SampleCheck
 from contract.spec import JobSpec
 from ddpm_core.checkpoint import LoadedCheckpoint
+from ddpm_core.data.datasets import checkerboard_fraction_on_black
 from ddpm_core.evaluation.classifier import DigitClassifier, load_classifier
+from ddpm_core.evaluation.pairing import FoundClassifier, ModelSamples, find_classifier
 
 logger = logging.getLogger(__name__)
-
-DATASET = "mnist"  # what the classifier file format judges
-SAMPLE_SHAPE = (1, 28, 28)
 
 # redraw(indices, seeds) -> the new samples (len(seeds), *shape) of those indices, drawn with those seeds
 Redraw = Callable[[list[int], list[int]], torch.Tensor]
@@ -49,6 +55,7 @@ class Classifier:
     test_accuracy: float | None
     model: DigitClassifier
     device: torch.device
+    class_names: tuple[str, ...] = tuple(str(digit) for digit in range(10))
 
     @property
     def num_classes(self) -> int:
@@ -56,77 +63,103 @@ class Classifier:
 
     @torch.inference_mode()
     def read(self, samples: torch.Tensor) -> tuple[list[int], list[float]]:
-        """The digit read in each sample (B, 1, 28, 28) in [-1, 1] and its softmax probability.
+        """The class read in each sample (B, C, S, S) in [-1, 1] and its softmax probability.
 
         The samples are quantised to 8 bits first, as the PNG stores them (and as the classifier
         was trained), so the PNG's pixels give the same labels."""
         images = ((samples.detach().float().clamp(-1, 1) + 1.0) * 127.5).round() / 127.5 - 1.0
         probabilities = torch.softmax(self.model(images.to(self.device)).float(), dim=1)
-        confidence, digit = probabilities.max(dim=1)
-        return [int(d) for d in digit.tolist()], [float(c) for c in confidence.tolist()]
+        confidence, label = probabilities.max(dim=1)
+        return [int(d) for d in label.tolist()], [float(c) for c in confidence.tolist()]
+
+
+@dataclass(frozen=True)
+class PointsMeasure:
+    """How a point model's samples are measured against its data."""
+
+    dataset: str
+    measure: str
+    fraction: Callable[[torch.Tensor], float]  # samples (N, 2) -> the fraction counted
+    reference: float  # the real data's fraction
+    chance: float  # the fraction of points spread evenly over [-1, 1]^2
+
+
+CHECKERBOARD = PointsMeasure(
+    dataset="checkerboard",
+    measure="on_black_squares",
+    fraction=checkerboard_fraction_on_black,
+    reference=1.0,  # every training point lies on a black square
+    chance=0.5,  # half the square [-1, 1]^2 is black
+)
+POINT_MEASURES = {CHECKERBOARD.dataset: CHECKERBOARD}
 
 
 class DigitChecker:
-    """The process's classifier, loaded on first need (once; thread-safe)."""
+    """The process's checks: classifiers loaded on first need (once per file; thread-safe).
+
+    ``path`` is the default classifier (``DDPM_CLASSIFIER``); None turns the classifier check off
+    (the points check needs no file and stays on)."""
 
     def __init__(self, path: Path | None, device: torch.device | str = "cpu") -> None:
         self.path = None if path is None else Path(path)
         self.device = torch.device(device)
         self._lock = threading.Lock()
-        self._loaded: Classifier | None = None
-        self._error: str | None = None
+        # resolved path -> (the file's inode, size and mtime, the classifier or why it cannot be loaded)
+        self._loaded: dict[Path, tuple[tuple[int, int, int], Classifier | str]] = {}
 
-    def for_model(self, loaded: LoadedCheckpoint) -> Classifier | str:
-        """The classifier for ``loaded``'s samples, or why they are not checked."""
-        if self.path is None:
-            return "the per-digit check is off (DDPM_CLASSIFIER is empty)"
-        if loaded.dataset != DATASET:
-            return f"no classifier for dataset {loaded.dataset!r}"
-        if tuple(loaded.sample_shape) != SAMPLE_SHAPE:
-            return f"no classifier for samples of shape {tuple(loaded.sample_shape)}"
-        classifier = self.classifier()
-        if isinstance(classifier, str):
-            return classifier
-        if loaded.num_classes not in (0, classifier.num_classes):
-            return f"no classifier for {loaded.num_classes} classes (the classifier has {classifier.num_classes})"
-        return classifier
+    def for_model(self, loaded: LoadedCheckpoint) -> Classifier | PointsMeasure | str:
+        """What checks ``loaded``'s samples, or why nothing does."""
+        shape = tuple(loaded.sample_shape)
+        if len(shape) == 1:
+            measure = POINT_MEASURES.get(loaded.dataset)
+            if measure is None or shape != (2,):
+                return f"no measure for points of dataset {loaded.dataset!r}"
+            return measure
+        model = ModelSamples.of(loaded.dataset, loaded.class_names, shape, loaded.training)
+        found = find_classifier(model, loaded.path, self.path)
+        if isinstance(found, str):
+            return found
+        return self._classifier(found)
 
-    def classifier(self) -> Classifier | str:
-        """The loaded classifier, or why there is none (the first call loads it)."""
+    def _classifier(self, found: FoundClassifier) -> Classifier | str:
+        """The loaded classifier of ``found`` (loaded now when new or replaced), or why it cannot be loaded."""
+        path = found.path.resolve()
+        try:
+            stat = path.stat()
+        except OSError:
+            return f"no classifier file {path.name}"
+        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         with self._lock:
-            if self._loaded is None and self._error is None:
-                self._load()
-            return self._loaded if self._loaded is not None else str(self._error)
+            cached = self._loaded.get(path)
+            if cached is None or cached[0] != key:
+                cached = (key, self._load(path, found))
+                self._loaded[path] = cached
+            return cached[1]
 
-    def _load(self) -> None:
-        assert self.path is not None
-        if not self.path.is_file():
-            self._error = f"no classifier file {self.path.name}"
-            logger.warning("per-digit check off: no classifier file %s", self.path)
-            return
+    def _load(self, path: Path, found: FoundClassifier) -> Classifier | str:
         started = time.perf_counter()
         try:
-            loaded = load_classifier(self.path)
-        except Exception as error:  # a bad classifier file turns the check off, never the worker
-            self._error = f"the classifier {self.path.name} cannot be loaded"
-            logger.error("per-digit check off: %s", error)
-            return
-        accuracy = loaded.info.get("test_accuracy")
-        self._loaded = Classifier(
-            name=self.path.stem,
+            loaded = load_classifier(path)
+        except Exception as error:  # a bad classifier file turns its check off, never the worker
+            logger.error("classifier %s not loaded: %s", path, error)
+            return f"the classifier {path.name} cannot be loaded"
+        classifier = Classifier(
+            name=found.path.stem,
             sha256=loaded.sha256,
-            test_accuracy=float(accuracy) if isinstance(accuracy, int | float) else None,
+            test_accuracy=loaded.header.test_accuracy,
             model=loaded.model.to(self.device).eval(),
             device=self.device,
+            class_names=loaded.header.class_names,
         )
         seconds = time.perf_counter() - started
-        logger.info("loaded classifier %s on %s in %.2f s", self.path.name, self.device, seconds)
+        logger.info("loaded classifier %s on %s in %.2f s", path.name, self.device, seconds)
+        return classifier
 
 
 def check_samples(
     classifier: Classifier, spec: JobSpec, samples: torch.Tensor, redraw: Redraw | None = None
 ) -> tuple[torch.Tensor, DigitCheck]:
-    """Read ``spec``'s samples (n, 1, 28, 28); redraw mismatches as the spec allows (with ``redraw``).
+    """Read ``spec``'s samples (n, C, S, S); redraw mismatches as the spec allows (with ``redraw``).
 
     Returns the final samples (the first draw's rows replaced by redrawn ones) and the check."""
     n = samples.shape[0]
@@ -134,35 +167,38 @@ def check_samples(
         raise ValueError(f"{n} samples for a job of {spec.n}")
     reading = 0.0
     started = time.perf_counter()
-    digits, confidences = classifier.read(samples)
+    labels, confidences = classifier.read(samples)
     reading += time.perf_counter() - started
     asked = spec.digit
     redrawn = [0] * n
     rounds_run = 0
-    first_draw_matches = None if asked is None else sum(digit == asked for digit in digits)
+    first_draw_matches = None if asked is None else sum(label == asked for label in labels)
     if asked is not None and redraw is not None:
         for round_ in range(1, spec.redraw_rounds + 1):
-            again = [i for i in range(n) if digits[i] != asked]
+            again = [i for i in range(n) if labels[i] != asked]
             if not again:
                 break
             fresh = redraw(again, [spec.sample_seed(i, round_) for i in again])
             if tuple(fresh.shape) != (len(again), *samples.shape[1:]):
                 raise ValueError(f"redraw gave samples of shape {tuple(fresh.shape)} for {len(again)} samples")
             started = time.perf_counter()
-            new_digits, new_confidences = classifier.read(fresh)
+            new_labels, new_confidences = classifier.read(fresh)
             reading += time.perf_counter() - started
             with torch.inference_mode():
                 samples = samples.clone()
                 samples[again] = fresh.to(samples.device, samples.dtype)
             for row, i in enumerate(again):
-                digits[i], confidences[i], redrawn[i] = new_digits[row], new_confidences[row], round_
+                labels[i], confidences[i], redrawn[i] = new_labels[row], new_confidences[row], round_
             rounds_run = round_
+    names = classifier.class_names
     check = DigitCheck(
+        kind="classifier",
         classifier=classifier.name,
         classifier_sha256=classifier.sha256,
         classifier_test_accuracy=classifier.test_accuracy,
         asked=asked,
-        matches=None if asked is None else sum(digit == asked for digit in digits),
+        asked_class=None if asked is None else names[asked],
+        matches=None if asked is None else sum(label == asked for label in labels),
         first_draw_matches=first_draw_matches,
         redraw_rounds=spec.redraw_rounds if asked is not None else 0,
         rounds_run=rounds_run,
@@ -171,16 +207,39 @@ def check_samples(
         samples=[
             SampleCheck(
                 index=i,
-                digit=digits[i],
+                label=labels[i],
+                class_name=names[labels[i]],
+                digit=labels[i],
                 confidence=round(confidences[i], 4),
                 seed=spec.sample_seed(i, redrawn[i]),
-                matches=None if asked is None else digits[i] == asked,
+                matches=None if asked is None else labels[i] == asked,
                 redrawn=redrawn[i],
             )
             for i in range(n)
         ],
     )
     return samples, check
+
+
+def check_points(measure: PointsMeasure, samples: torch.Tensor) -> DigitCheck:
+    """Measure point samples (N, 2) in [-1, 1]^2 against their data."""
+    if samples.ndim != 2 or samples.shape[1] != 2:
+        raise ValueError(f"expected points (N, 2), got shape {tuple(samples.shape)}")
+    started = time.perf_counter()
+    fraction = measure.fraction(samples.detach().cpu())
+    total = int(samples.shape[0])
+    return DigitCheck(
+        kind="points",
+        seconds=round(time.perf_counter() - started, 4),
+        points=PointsCheck(
+            measure=measure.measure,
+            fraction=round(fraction, 6),
+            count=round(fraction * total),
+            total=total,
+            reference=measure.reference,
+            chance=measure.chance,
+        ),
+    )
 
 
 def skipped(reason: str) -> DigitCheck:

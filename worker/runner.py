@@ -1,7 +1,12 @@
 """Running one job's spec on its model's engine: the job's task thread hands the spec to the
 engine, relays the engine's steps to Redis (progress, previews), polls for cancellation, runs
-the per-digit check (:mod:`worker.check`; redrawn samples go through the same engine), and
-stores the PNG, the GIF and the check at the end.
+the check of the samples (:mod:`worker.check`: per class, redrawn samples going through the
+same engine, or of points), and stores the PNG, the GIF and the check at the end.
+
+Large jobs stay small on the wire and in memory: each GIF frame is shrunk as it is captured
+(each grid at most :data:`GIF_GRID_SIDE` pixels on its longer side, Lanczos), each preview is a
+PNG of at most :data:`PREVIEW_MAX_BYTES`, and the final grid is upscaled by whole pixels only
+while it is small (:func:`~ddpm_core.render.display_scale`), so MNIST grids look as they did.
 
 Every torch operation runs on the engine thread: a step's callback records what the step leaves
 behind (a GIF frame, a preview as 8-bit host images) in the job's :class:`JobChannel`, and the
@@ -34,13 +39,15 @@ from ddpm_core.pipeline import StepInfo
 from ddpm_core.render import (
     FrameRecorder,
     ScatterRecorder,
+    bounded_png,
+    display_scale,
     gif_bytes,
     make_grid,
     png_bytes,
     scatter_image,
     to_uint8_images,
 )
-from worker.check import DigitChecker, check_samples, skipped
+from worker.check import DigitChecker, PointsMeasure, check_points, check_samples, skipped
 from worker.engine import Engine, EngineRequest
 from worker.engines import EnginePool
 from worker.store import JobStore
@@ -48,6 +55,11 @@ from worker.store import JobStore
 logger = logging.getLogger(__name__)
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 FINISH_PATIENCE_S = 300.0  # how long a finished job waits for Redis to come back to store its result
+# px, the longer side of each grid in a GIF frame: 64 MNIST digits (242) and 16 images of 64 x 64 (266) stay whole
+GIF_GRID_SIDE = 272
+PREVIEW_SIDE = 256  # px, the longer side of a preview (shrunk further while its PNG is too large)
+PREVIEW_MAX_BYTES = 64 * 1024  # of a preview's PNG, before base64
+SCATTER_PREVIEW_SIDE = 128  # px, a point model's preview
 
 
 class JobChannel:
@@ -57,7 +69,9 @@ class JobChannel:
         self.total = total
         self.is_points = is_points
         frames = settings.gif_frames
-        self.recorder = ScatterRecorder(total, frames) if is_points else FrameRecorder(total, frames)
+        self.recorder = (
+            ScatterRecorder(total, frames) if is_points else FrameRecorder(total, frames, max_side=GIF_GRID_SIDE)
+        )
         count = settings.preview_count
         self.preview_every = max(1, total // count) if count else 0
         self._updates: queue.SimpleQueue[tuple[int, np.ndarray | None]] = queue.SimpleQueue()
@@ -134,8 +148,24 @@ class JobReporter:
             logger.warning("job %s: progress not sent (Redis: %s)", self.job_id, error)
 
     def _png(self, sample: np.ndarray) -> str:
-        image = scatter_image(sample, 128) if self.channel.is_points else make_grid(sample)
-        return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+        return "data:image/png;base64," + base64.b64encode(preview_png(sample, self.channel.is_points)).decode("ascii")
+
+
+def preview_png(sample: np.ndarray, is_points: bool) -> bytes:
+    """A preview's PNG: a scatter of points (n, 2), or a grid of 8-bit images (n, H, W, C) of at most
+    :data:`PREVIEW_SIDE` pixels and :data:`PREVIEW_MAX_BYTES` bytes."""
+    if is_points:
+        return png_bytes(scatter_image(sample, SCATTER_PREVIEW_SIDE))
+    return bounded_png(make_grid(sample), PREVIEW_MAX_BYTES, PREVIEW_SIDE)
+
+
+def result_png(host: np.ndarray, is_points: bool) -> bytes:
+    """The job's PNG: a scatter of points (n, 2), or the grid of 8-bit images (n, H, W, C), small grids upscaled."""
+    if is_points:
+        return png_bytes(scatter_image(host))
+    grid = make_grid(host)
+    scale = display_scale(grid.shape)
+    return png_bytes(grid.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else grid)
 
 
 class CancelPoll:
@@ -207,8 +237,7 @@ def run_job(
             deadline = started + settings.max_job_s
             samples, check = digit_check(checker, loaded, engine, spec, samples, store, job_id, cancel, deadline)
         host = engine.call_on_engine_thread(lambda: host_copy(samples, channel.is_points))
-        grid = scatter_image(host) if channel.is_points else make_grid(host, scale=2)
-        png, gif = png_bytes(grid), gif_bytes(channel.recorder.frames)
+        png, gif = result_png(host, channel.is_points), gif_bytes(channel.recorder.frames)
     except GenerationCancelled as cancelled:
         done_steps = cancelled.step
         _patiently(lambda: store.cancelled(job_id, done_steps), job_id)
@@ -238,11 +267,17 @@ def digit_check(
 ) -> tuple[torch.Tensor, DigitCheck]:
     """The job's final samples and their check; redraws run on ``engine`` beside other jobs.
 
-    A classifier that fails leaves the samples unchecked (the job still succeeds, its check
-    says why); a redraw that fails or is cancelled ends the job as the first draw would have."""
+    A check that fails leaves the samples unchecked (the job still succeeds, its check says
+    why); a redraw that fails or is cancelled ends the job as the first draw would have."""
     found = checker.for_model(loaded)
     if isinstance(found, str):
         return samples, skipped(found)
+    if isinstance(found, PointsMeasure):
+        try:
+            return samples, engine.call_on_engine_thread(lambda: check_points(found, samples))
+        except Exception as error:
+            logger.exception("job %s: the points check failed", job_id)
+            return samples, skipped(f"the check failed: {type(error).__name__}")
     classifier = OnEngineThread(found, engine)
     rounds = itertools.count(1)
     redraw_errors: list[BaseException] = []
@@ -278,7 +313,7 @@ def digit_check(
     except Exception as error:
         if redraw_errors:
             raise
-        logger.exception("job %s: the per-digit check failed", job_id)
+        logger.exception("job %s: the per-class check failed", job_id)
         return samples, skipped(f"the check failed: {type(error).__name__}")
 
 
