@@ -314,10 +314,22 @@ def test_bad_metadata_is_refused_in_one_line(tmp_path, field, value, message):
     assert "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("name", ["mnist.safetensors", "mnist_classifier.safetensors"])
+@pytest.mark.parametrize("name", ["mnist.safetensors", "mnist_classifier.safetensors", "checkerboard.safetensors"])
 def test_the_shipped_checkpoints_still_load(name):
     path = Path(__file__).resolve().parents[2] / "checkpoints" / name
-    if name == "mnist.safetensors":
+    if name == "checkerboard.safetensors":  # the 2D system: T = 100, linear betas scaled to 1e-3..0.2
+        loaded = load_checkpoint(path)
+        assert loaded.sample_shape == (2,) and loaded.dataset == "checkerboard" and loaded.num_classes == 0
+        assert loaded.model.config.hidden_dim == 128 and loaded.model.config.num_layers == 3
+        assert loaded.schedule.config == {
+            "kind": "linear",
+            "num_train_timesteps": 100,
+            "beta_start": pytest.approx(1e-3),
+            "beta_end": pytest.approx(0.2),
+        }
+        assert float(loaded.schedule.alphas_cumprod[-1]) < 1e-3  # x_T is noise
+        assert path.stat().st_size < 1_000_000
+    elif name == "mnist.safetensors":
         loaded = load_checkpoint(path)
         info = read_checkpoint_info(path)
         assert loaded.model.config.to_dict() == info["model_config"] and loaded.sample_shape == (1, 28, 28)
