@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ddpm_core.checkpoint import save_checkpoint
 from ddpm_core.data.datasets import ImageData, TrainingData
+from ddpm_core.data.fingerprint import data_fingerprint
 from ddpm_core.device import pick_device
 from ddpm_core.errors import CheckpointError, DatasetError
 from ddpm_core.schedule import NoiseSchedule
@@ -116,6 +117,11 @@ class Trainer:
         self.config = config
         self.schedule = schedule
         self.data = data
+        # the data's fingerprint, stored with the model: a classifier trained on other data is
+        # never paired to it (ddpm_core.evaluation.pairing); None for point data sets
+        self.data_fingerprint = (
+            data_fingerprint(data.images, data.labels, data.class_names) if isinstance(data, ImageData) else None
+        )
         self.run_dir = Path(run_dir)
         self.device = pick_device(device)
         self.on_cuda = self.device.type == "cuda"
@@ -238,6 +244,7 @@ class Trainer:
             "device": str(self.device),
             "train_seconds": round(self.elapsed_seconds, 1),
             "torch": torch.__version__,
+            **({"data_fingerprint": self.data_fingerprint} if self.data_fingerprint else {}),
         }
 
     def save(self) -> Path:

@@ -4,6 +4,7 @@ model's own sample limit, and nothing the API answers shows a server path."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from contract.checkable import CheckPlan, check_plan
 from contract.layout import JobRecord
-from contract.settings import Settings
+from contract.settings import REPO_ROOT, Settings
 from serve.redis_server import EmbeddedRedis
 from tests.api.kinds import SPRITE_CLASSES, TRAINING_STEPS, write_model_kinds
 from tests.api.test_requests import MODEL, app_client
@@ -83,11 +84,15 @@ def test_an_mnist_model_is_checked_when_the_classifier_file_is_there(
     redis_server: EmbeddedRedis, kinds_dir: Path, tmp_path: Path
 ) -> None:
     classifier = tmp_path / "digits.safetensors"
-    classifier.write_bytes(b"the API only asks whether it exists")
+    shutil.copyfile(REPO_ROOT / "checkpoints" / "mnist_classifier.safetensors", classifier)  # the shipped one
     for client, _ in app_client(redis_server, kinds_dir, classifier=str(classifier)):
         models = {model["name"]: model for model in client.get("/models").json()["models"]}
-        assert models["mnist"]["check"] == {"checked": True, "by": "the digit classifier digits", "skipped": None}
-        assert not models["sprites"]["check"]["checked"]
+        assert models["mnist"]["check"] == {"checked": True, "by": "the classifier digits", "skipped": None}
+        assert not models["sprites"]["check"]["checked"]  # the digit classifier judges no sprites
+    classifier.write_bytes(b"not a classifier")  # the worker's rule: the header must pair it to the model
+    for client, _ in app_client(redis_server, kinds_dir, classifier=str(classifier)):
+        models = {model["name"]: model for model in client.get("/models").json()["models"]}
+        assert models["mnist"]["check"]["skipped"] == "the classifier digits.safetensors cannot be loaded"
     for client, _ in app_client(redis_server, kinds_dir, classifier=""):
         models = {model["name"]: model for model in client.get("/models").json()["models"]}
         assert models["mnist"]["check"]["skipped"] == "the per-class check is off (DDPM_CLASSIFIER is empty)"
