@@ -143,10 +143,13 @@ def test_metrics_need_a_key_when_reads_are_protected(redis_server: EmbeddedRedis
 
 
 def test_metrics_are_described_in_openapi(redis_server: EmbeddedRedis, model_dir: Path) -> None:
-    for client in app_client(redis_server, model_dir):
+    for client in app_client(redis_server, model_dir):  # keyless: no 401 is declared
         operation = client.get("/openapi.json").json()["paths"]["/metrics"]["get"]
         assert "text/plain" in operation["responses"]["200"]["content"]
-        assert {"401", "503"} <= set(operation["responses"])
+        assert "503" in operation["responses"] and "401" not in operation["responses"]
+    for client in app_client(redis_server, model_dir, api_keys="k1", protect_reads=True):
+        operation = client.get("/openapi.json").json()["paths"]["/metrics"]["get"]
+        assert {"401", "503"} <= set(operation["responses"])  # reads need a key: the 401 is declared
 
 
 def test_openmetrics_on_request_and_the_dashboard_queries_only_series_that_exist(
