@@ -17,14 +17,15 @@ without the device):
   3-5% faster than without it, though a warm-cache restart then compiles each bucket in about
   11 s instead of 1-2 s (cold, both take 20-30 s); 'max-autotune-no-cudagraphs' no faster
   than the default without freezing and 9x slower with it.
-- CUDA: bf16 autocast (fp16 where bf16 is unsupported) and ``mode="reduce-overhead"`` (CUDA
-  graphs: one graph per bucket, replayed without per-kernel launch cost); outputs are copied
-  out of the graph's memory before the next replay.
+- CUDA: bf16 autocast where the device computes bf16 natively (fp16 elsewhere) and
+  ``mode="reduce-overhead"`` (CUDA graphs: one graph per bucket, replayed without per-kernel
+  launch cost); outputs are copied out of the graph's memory before the next replay.
 
-:meth:`BucketedForward.warmup` runs every bucket once, so a worker compiles (and, with CUDA
-graphs, records) everything before it reports ready, and returns each bucket's seconds.
-Inductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``) makes a restarted worker's warm-up
-much shorter than the first.
+A bucket runs compiled code only once it has some: :meth:`BucketedForward.warmup` compiles and
+runs a bucket in process (three times under CUDA graphs: warm-up, recording, a first replay),
+and :meth:`BucketedForward.install` swaps in a forward built elsewhere (an AOTInductor package
+of :mod:`ddpm_core.aot`). Until then a batch of that size runs eagerly, unpadded, so a worker
+serves at once and compiles in the background (``worker/compiler.py``).
 """
 
 from __future__ import annotations
