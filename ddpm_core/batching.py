@@ -19,10 +19,13 @@ so a single generation gets exactly the rows :func:`ddpm_core.pipeline.generate`
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from math import prod
 
 import torch
 
-from ddpm_core.pipeline import Generation, StepInfo
+from ddpm_core.pipeline import Generation, StepInfo, guided_eps
+from ddpm_core.samplers import COEF_STD, NUM_COEFFICIENTS, SamplerOutput, apply_step
 
 Forward = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 """``forward(sample (R, ...), timesteps (R,) long, class_labels (R,) long | None) -> eps (R, ...)``:
@@ -91,6 +94,123 @@ def run_forward(
     return torch.cat(outputs)
 
 
+class HostStaging:
+    """A reusable host buffer for a tick's upload or download (pinned when the device is a GPU,
+    so copies from or to it are asynchronous); grown as needed, never shrunk.
+
+    A caller reuses it only once the previous copy through it has finished (a tick waits for
+    its end before the next starts)."""
+
+    def __init__(self, pin: bool) -> None:
+        self.pin = pin
+        self._buffers: dict[torch.dtype, torch.Tensor] = {}
+
+    def take(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        """A 1-D host tensor of ``numel`` elements (contents undefined)."""
+        buffer = self._buffers.get(dtype)
+        if buffer is None or buffer.numel() < numel:
+            buffer = torch.empty(max(numel, 1024), dtype=dtype, pin_memory=self.pin)
+            self._buffers[dtype] = buffer
+        return buffer[:numel]
+
+
+@dataclass
+class TickRows:
+    """One tick's per-row tables, copied to the device in one copy (all small integers are
+    exact in float32). R_f forward rows, R_c conditional rows (one per sample), D = prod(sample_shape).
+
+    Attributes:
+        timesteps: (R_f,) long, each forward row's timestep.
+        labels: (R_f,) long, or None for an unconditional model.
+        unconditional_rows: (R_u,) long, the conditional rows copied (with the null label) to
+            forward rows R_c .. R_f - 1; None when no row is guided.
+        unconditional_of: (R_c,) long, the forward row of each row's unconditional eps (its own
+            row when it has none); None when no row is guided.
+        guidance: (R_c,) float32, each row's w (0 for unguided rows).
+        coefficients: (R_c, 6) float32, each row's step coefficients.
+        noise: (R_c, *sample_shape) float32, or None when no row adds noise.
+    """
+
+    timesteps: torch.Tensor
+    labels: torch.Tensor | None
+    unconditional_rows: torch.Tensor | None
+    unconditional_of: torch.Tensor | None
+    guidance: torch.Tensor
+    coefficients: torch.Tensor
+    noise: torch.Tensor | None
+
+
+def plan_rows(
+    generations: Sequence[Generation],
+    device: torch.device,
+    staging: HostStaging | None = None,
+    coefficients: Sequence[torch.Tensor] | None = None,
+) -> TickRows:
+    """Every generation's rows of the next tick, built on the host (noise drawn there from each
+    sample's generator) and copied to ``device`` in ONE copy.
+
+    The host work is a loop over generations; nothing launched on the device depends on their number."""
+    shape = generations[0].sample_shape
+    width = prod(shape)
+    counts = [generation.num_samples for generation in generations]
+    conditional = sum(counts)
+    guided = [generation.needs_unconditional for generation in generations]
+    unconditional = sum(count for count, needs in zip(counts, guided, strict=True) if needs)
+    forward = conditional + unconditional
+    has_labels = generations[0].labels is not None
+    rows = list(coefficients) if coefficients is not None else [g.step_coefficients() for g in generations]
+    adds_noise = any(bool(row[COEF_STD] > 0) for row in rows)
+    # layout: timesteps | labels | unconditional rows | unconditional of | guidance | coefficients | noise
+    sizes = [forward, forward if has_labels else 0, unconditional, conditional if unconditional else 0]
+    sizes += [conditional, conditional * NUM_COEFFICIENTS, conditional * width if adds_noise else 0]
+    host = (staging or HostStaging(pin=False)).take(sum(sizes), torch.float32)
+    parts = list(host.split(sizes))
+    timesteps, labels, unconditional_rows, unconditional_of, guidance, coefficients, noise = parts
+    coefficients = coefficients.view(conditional, NUM_COEFFICIENTS)
+    noise = noise.view(conditional if adds_noise else 0, width)
+    start, extra = 0, conditional
+    for generation, count, needs, row in zip(generations, counts, guided, rows, strict=True):
+        end = start + count
+        timestep = float(generation.timestep)
+        timesteps[start:end] = timestep
+        coefficients[start:end] = row.to(torch.float32)
+        guidance[start:end] = generation.guidance_scale if needs else 0.0
+        if has_labels:
+            labels[start:end] = generation.host_labels
+        if adds_noise:
+            generation.fill_noise(noise[start:end], row)
+        if unconditional:
+            unconditional_of[start:end] = torch.arange(start, end, dtype=torch.float32)
+        if needs:
+            offset = extra - conditional
+            timesteps[extra : extra + count] = timestep
+            labels[extra : extra + count] = float(generation.num_classes)
+            unconditional_rows[offset : offset + count] = torch.arange(start, end, dtype=torch.float32)
+            unconditional_of[start:end] = torch.arange(extra, extra + count, dtype=torch.float32)
+            extra += count
+        start = end
+    on_device = host.to(device, non_blocking=True)
+    timesteps, labels, unconditional_rows, unconditional_of, guidance, coefficients, noise = on_device.split(sizes)
+    return TickRows(
+        timesteps=timesteps.long(),
+        labels=labels.long() if has_labels else None,
+        unconditional_rows=unconditional_rows.long() if unconditional else None,
+        unconditional_of=unconditional_of.long() if unconditional else None,
+        guidance=guidance,
+        coefficients=coefficients.view(conditional, NUM_COEFFICIENTS),
+        noise=noise.view(conditional, *shape) if adds_noise else None,
+    )
+
+
+def _check_can_share(generations: Sequence[Generation]) -> None:
+    first = generations[0]
+    for generation in generations:
+        if (generation.labels is not None) != (first.labels is not None):
+            raise ValueError("generations of a conditional and an unconditional model cannot share a forward")
+        if generation.sample_shape != first.sample_shape or generation.device != first.device:
+            raise ValueError("generations in one forward must have the same sample shape and device")
+
+
 @torch.inference_mode()
 def denoise_step(
     generations: Sequence[Generation],
@@ -98,42 +218,67 @@ def denoise_step(
     *,
     max_batch: int | None = None,
     return_exceptions: bool = False,
+    staging: HostStaging | None = None,
 ) -> list[StepInfo | BaseException]:
-    """Advance every generation by one step with one shared forward.
+    """Advance every generation by one step with one shared forward and one vectorised step.
+
+    The rows' timesteps, labels, guidance scales, step coefficients and noise travel to the
+    device in one copy (:func:`plan_rows`); the forward sees the row layout of the module
+    docstring; guidance and the sampler step (:func:`ddpm_core.samplers.apply_step`) run once
+    over all rows, so the kernels launched do not grow with the number of generations.
 
     Args:
-        generations: generations that are not done, all of one model (same sample shape,
-            device and conditioning); each may use a different sampler, step count, step
-            index, labels, guidance scale and seeds.
+        generations: generations of one model (same sample shape, device and conditioning);
+            each may use a different sampler, step count, step index, labels, guidance and seeds.
         forward: ``forward(sample (R, ...), timesteps (R,), class_labels (R,) | None) -> (R, ...)``,
             e.g. the model or a :class:`ddpm_core.compiled.BucketedForward`.
         max_batch: when given and R exceeds it, the forward runs in chunks of at most this
             many rows (see :func:`run_forward`).
-        return_exceptions: when True, an error while advancing one generation is returned in
-            its place instead of raised, and the others still advance (an error of the
-            forward itself is always raised: no generation advanced).
+        return_exceptions: when True, a generation that cannot take a step (it is done, its
+            sampler has no such step) gets its error in its place instead of raising, and the
+            others still advance (an error of the forward or of the shared step is always
+            raised: no generation advanced).
+        staging: the host buffer for the upload (pinned on a GPU); a fresh one when None.
     Returns:
-        One :class:`StepInfo` per generation, in order (or its exception, see above).
+        One :class:`StepInfo` per generation, in order (or its exception, see above); its
+        tensors are views of the tick's (R_c, ...) results.
     """
-    sample, timesteps, labels = batch_inputs(generations)
-    output = run_forward(forward, sample, timesteps, labels, max_batch)
-    if output.shape[0] != sample.shape[0]:
-        raise ValueError(f"forward returned {output.shape[0]} rows for {sample.shape[0]}")
-    results: list[StepInfo | BaseException] = []
-    conditional_start = 0
-    unconditional_start = sum(generation.num_samples for generation in generations)
-    for generation in generations:
-        rows = generation.num_samples
-        eps_cond = output[conditional_start : conditional_start + rows]
-        conditional_start += rows
-        eps_uncond = None
-        if generation.needs_unconditional:
-            eps_uncond = output[unconditional_start : unconditional_start + rows]
-            unconditional_start += rows
+    if not generations:
+        raise ValueError("no generations to batch")
+    _check_can_share(generations)
+    results: list[StepInfo | BaseException | None] = [None] * len(generations)
+    stepping: list[Generation] = []
+    coefficients: list[torch.Tensor] = []
+    for index, generation in enumerate(generations):
         try:
-            results.append(generation.advance(eps_cond, eps_uncond))
+            coefficients.append(generation.step_coefficients())  # raises when it is done
         except Exception as error:
             if not return_exceptions:
                 raise
-            results.append(error)
-    return results
+            results[index] = error
+            continue
+        stepping.append(generation)
+    if not stepping:
+        return results  # type: ignore[return-value]
+    device = stepping[0].device
+    rows = plan_rows(stepping, device, staging, coefficients)
+    sample = torch.cat([generation.sample for generation in stepping]) if len(stepping) > 1 else stepping[0].sample
+    conditional = sample.shape[0]
+    forward_sample = sample
+    if rows.unconditional_rows is not None:
+        forward_sample = torch.cat([sample, sample.index_select(0, rows.unconditional_rows)])
+    output = run_forward(forward, forward_sample, rows.timesteps, rows.labels, max_batch)
+    if output.shape[0] != forward_sample.shape[0]:
+        raise ValueError(f"forward returned {output.shape[0]} rows for {forward_sample.shape[0]}")
+    eps = output[:conditional].float()
+    if rows.unconditional_of is not None:
+        eps = guided_eps(eps, output.index_select(0, rows.unconditional_of).float(), rows.guidance)
+    stepped = apply_step(eps, sample, rows.coefficients, rows.noise)
+    counts = [generation.num_samples for generation in stepping]
+    infos = iter(
+        generation.commit(SamplerOutput(prev, pred))
+        for generation, prev, pred in zip(
+            stepping, stepped.prev_sample.split(counts), stepped.pred_original_sample.split(counts), strict=True
+        )
+    )
+    return [result if result is not None else next(infos) for result in results]

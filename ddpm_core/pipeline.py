@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from math import prod
 
 import torch
 from torch import nn
 
 from ddpm_core.errors import GenerationCancelled  # also importable from here, as before
-from ddpm_core.samplers import DDIMSampler, DDPMSampler, randn_like
+from ddpm_core.samplers import COEF_STD, DDIMSampler, DDPMSampler, SamplerOutput, apply_step, randn_like
 
 
 @dataclass
@@ -94,6 +95,12 @@ def guided_model_output(
     return conditional + guidance_scale * (conditional - unconditional)
 
 
+def guided_eps(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance row by row: eps = c + w (c - u); c, u (R, ...) float32, w (R,)
+    float32 (a row with w = 0 and u = c keeps c exactly)."""
+    return eps_cond + scale.view(-1, *([1] * (eps_cond.ndim - 1))) * (eps_cond - eps_uncond)
+
+
 @dataclass
 class ModelInputs:
     """One forward's inputs: ``sample`` (R, ...), ``timesteps`` (R,) long and ``class_labels``
@@ -160,7 +167,9 @@ class Generation:
         self.guidance_scale = float(guidance_scale)
         self.num_classes = int(num_classes)
         self.device = device
-        self.labels = resolve_labels(class_labels, self.num_samples, self.num_classes, device)
+        # (B,) long on the host, for building a tick's rows without reading the device back
+        self.host_labels = resolve_labels(class_labels, self.num_samples, self.num_classes, torch.device("cpu"))
+        self.labels = None if self.host_labels is None else self.host_labels.to(device)
         self.generators = sample_generators(seed, self.num_samples, device)
         shape = (self.num_samples, *self.sample_shape)
         noise = randn_like(torch.empty(shape, device=device, dtype=torch.float32), self.generators)
@@ -171,7 +180,7 @@ class Generation:
         self.step_index = 0
         self.needs_unconditional = self.labels is not None and self.guidance_scale > 0
         if self.needs_unconditional and skip_null_unconditional:
-            self.needs_unconditional = bool((self.labels != self.num_classes).any())
+            self.needs_unconditional = bool((self.host_labels != self.num_classes).any())
 
     @classmethod
     def for_model(cls, model: nn.Module, sampler: DDPMSampler | DDIMSampler, **options) -> Generation:
@@ -223,8 +232,39 @@ class Generation:
         conditional, unconditional = output.chunk(2)
         return conditional, unconditional
 
+    def step_coefficients(self) -> torch.Tensor:
+        """(6,) float64: the sampler's coefficients (:func:`ddpm_core.samplers.apply_step`) of the next step."""
+        self._check_not_done()
+        return self.sampler.step_coefficients(self._timestep_values[self.step_index])
+
+    def fill_noise(self, out: torch.Tensor, coefficients: torch.Tensor | None = None) -> bool:
+        """Draw the next step's noise into ``out`` (B, prod(sample_shape)) float32 on the CPU,
+        row i from generator i; False (and ``out`` zeroed) when the step adds none.
+
+        Each row is one draw of its own generator, so a sample's noise depends only on its seed
+        and its step, never on its batch or on the device."""
+        if coefficients is None:
+            coefficients = self.step_coefficients()
+        if not coefficients[COEF_STD] > 0:
+            out.zero_()
+            return False
+        for row, generator in zip(out, self.generators, strict=True):
+            torch.randn(row.shape, generator=generator, dtype=row.dtype, out=row)
+        return True
+
+    def commit(self, output: SamplerOutput) -> StepInfo:
+        """Take a step's result: x_{t-1} (B, ...) becomes :attr:`sample`; the step's :class:`StepInfo`."""
+        self._check_not_done()
+        timestep = self._timestep_values[self.step_index]
+        self.sample = output.prev_sample
+        self.step_index += 1
+        return StepInfo(self.step_index, self.total, timestep, self.sample, output.pred_original_sample)
+
     def advance(self, eps_cond: torch.Tensor, eps_uncond: torch.Tensor | None = None) -> StepInfo:
         """Apply guidance, eps = c + w (c - u), and one sampler step with the per-sample generators.
+
+        The same operations as a shared tick (:func:`ddpm_core.batching.denoise_step`) does for
+        this generation's rows, so the two give bit-identical samples.
 
         Args:
             eps_cond: the conditional (or unconditional model's) eps, (B, *sample_shape).
@@ -239,17 +279,18 @@ class Generation:
             raise ValueError(f"eps_cond has shape {tuple(eps_cond.shape)}, expected {expected}")
         if (eps_uncond is not None) != self.needs_unconditional:
             raise ValueError("eps_uncond must be given exactly when the generation needs the unconditional pass")
-        if eps_uncond is None:
-            model_output = eps_cond
-        else:
+        model_output = eps_cond.float()
+        if eps_uncond is not None:
             if tuple(eps_uncond.shape) != expected:
                 raise ValueError(f"eps_uncond has shape {tuple(eps_uncond.shape)}, expected {expected}")
-            model_output = eps_cond + self.guidance_scale * (eps_cond - eps_uncond)
-        timestep = self._timestep_values[self.step_index]
-        output = self.sampler.step(model_output.float(), timestep, self.sample, generator=self.generators)
-        self.sample = output.prev_sample
-        self.step_index += 1
-        return StepInfo(self.step_index, self.total, timestep, self.sample, output.pred_original_sample)
+            scale = torch.full((self.num_samples,), self.guidance_scale, dtype=torch.float32, device=self.device)
+            model_output = guided_eps(model_output, eps_uncond.float(), scale)
+        coefficients = self.step_coefficients()
+        noise = torch.empty((self.num_samples, prod(self.sample_shape)), dtype=torch.float32)
+        has_noise = self.fill_noise(noise, coefficients)
+        noise_rows = noise.view(expected) if has_noise else None
+        rows = coefficients.to(torch.float32).expand(self.num_samples, -1).to(self.device)
+        return self.commit(apply_step(model_output, self.sample, rows, noise_rows))
 
     def _check_not_done(self) -> None:
         if self.done:

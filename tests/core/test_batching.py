@@ -168,10 +168,10 @@ def test_row_layout_and_chunked_forward(model):
 def test_an_error_advancing_one_generation_spares_the_others(model):
     generations = [new_generation(model, job) for job in JOBS[:3]]
 
-    def broken(eps_cond, eps_uncond=None):
+    def broken():
         raise RuntimeError("broken sampler")
 
-    generations[1].advance = broken
+    generations[1].step_coefficients = broken
     results = denoise_step(generations, model, return_exceptions=True)
     assert isinstance(results[1], RuntimeError)
     assert results[0].step == 1 and results[2].step == 1 and generations[1].step_index == 0
