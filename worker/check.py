@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from contract.layout import DigitCheck, PointsCheck, SampleCheck
@@ -42,8 +43,26 @@ from ddpm_core.evaluation.pairing import FoundClassifier, ModelSamples, find_cla
 
 logger = logging.getLogger(__name__)
 
-# redraw(indices, seeds) -> the new samples (len(seeds), *shape) of those indices, drawn with those seeds
-Redraw = Callable[[list[int], list[int]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """Samples already read: (n, ...) samples (a tensor, or the host arrays the engine copied
+    over) with each one's class and confidence, as :meth:`Classifier.read` gives them."""
+
+    samples: torch.Tensor | np.ndarray
+    labels: list[int]
+    confidences: list[float]
+
+    @classmethod
+    def from_readings(cls, samples: np.ndarray, readings: np.ndarray) -> Drawn:
+        """From :meth:`Classifier.readings` copied to the host: (n, 2) float32 (label, confidence)."""
+        return cls(samples, [int(label) for label in readings[:, 0]], [float(c) for c in readings[:, 1]])
+
+
+# redraw(indices, seeds) -> the new samples (len(seeds), *shape) of those indices, drawn with those
+# seeds: as samples (the classifier reads them) or already read (:class:`Drawn`)
+Redraw = Callable[[list[int], list[int]], "torch.Tensor | np.ndarray | Drawn"]
 
 
 @dataclass(frozen=True)
@@ -67,10 +86,17 @@ class Classifier:
 
         The samples are quantised to 8 bits first, as the PNG stores them (and as the classifier
         was trained), so the PNG's pixels give the same labels."""
+        readings = self.readings(samples).cpu()
+        return [int(d) for d in readings[:, 0].tolist()], [float(c) for c in readings[:, 1].tolist()]
+
+    @torch.inference_mode()
+    def readings(self, samples: torch.Tensor) -> torch.Tensor:
+        """:meth:`read` on the samples' device without waiting for it: (B, 2) float32 holding
+        each sample's class and its probability (the engine copies it with the tick's outputs)."""
         images = ((samples.detach().float().clamp(-1, 1) + 1.0) * 127.5).round() / 127.5 - 1.0
         probabilities = torch.softmax(self.model(images.to(self.device)).float(), dim=1)
         confidence, label = probabilities.max(dim=1)
-        return [int(d) for d in label.tolist()], [float(c) for c in confidence.tolist()]
+        return torch.stack([label.float(), confidence], dim=1)
 
 
 @dataclass(frozen=True)
@@ -156,19 +182,28 @@ class DigitChecker:
         return classifier
 
 
-def check_samples(
-    classifier: Classifier, spec: JobSpec, samples: torch.Tensor, redraw: Redraw | None = None
-) -> tuple[torch.Tensor, DigitCheck]:
-    """Read ``spec``'s samples (n, C, S, S); redraw mismatches as the spec allows (with ``redraw``).
+def _read(classifier: Classifier, drawn: torch.Tensor | np.ndarray | Drawn) -> tuple[Drawn, float]:
+    """``drawn`` read (by ``classifier`` unless it comes read) and the seconds the reading took."""
+    if isinstance(drawn, Drawn):
+        return drawn, 0.0
+    started = time.perf_counter()
+    labels, confidences = classifier.read(drawn)
+    return Drawn(drawn, labels, confidences), time.perf_counter() - started
 
-    Returns the final samples (the first draw's rows replaced by redrawn ones) and the check."""
+
+def check_samples(
+    classifier: Classifier, spec: JobSpec, samples: torch.Tensor | np.ndarray | Drawn, redraw: Redraw | None = None
+) -> tuple[torch.Tensor | np.ndarray, DigitCheck]:
+    """Read ``spec``'s samples (n, C, S, S) tensors, or host images with their readings
+    (:class:`Drawn`); redraw mismatches as the spec allows (with ``redraw``).
+
+    Returns the final samples (the first draw's rows replaced by redrawn ones) and the check.
+    The reading time is the classifier's here; samples that come read were read on the engine."""
+    first, reading = _read(classifier, samples)
+    samples, labels, confidences = first.samples, list(first.labels), list(first.confidences)
     n = samples.shape[0]
     if n != spec.n:
         raise ValueError(f"{n} samples for a job of {spec.n}")
-    reading = 0.0
-    started = time.perf_counter()
-    labels, confidences = classifier.read(samples)
-    reading += time.perf_counter() - started
     asked = spec.digit
     redrawn = [0] * n
     rounds_run = 0
@@ -179,16 +214,14 @@ def check_samples(
             if not again:
                 break
             fresh = redraw(again, [spec.sample_seed(i, round_) for i in again])
-            if tuple(fresh.shape) != (len(again), *samples.shape[1:]):
-                raise ValueError(f"redraw gave samples of shape {tuple(fresh.shape)} for {len(again)} samples")
-            started = time.perf_counter()
-            new_labels, new_confidences = classifier.read(fresh)
-            reading += time.perf_counter() - started
-            with torch.inference_mode():
-                samples = samples.clone()
-                samples[again] = fresh.to(samples.device, samples.dtype)
+            fresh_samples = fresh.samples if isinstance(fresh, Drawn) else fresh
+            if tuple(fresh_samples.shape) != (len(again), *samples.shape[1:]):
+                raise ValueError(f"redraw gave samples of shape {tuple(fresh_samples.shape)} for {len(again)} samples")
+            fresh, seconds = _read(classifier, fresh)
+            reading += seconds
+            samples = _replace_rows(samples, again, fresh.samples)
             for row, i in enumerate(again):
-                labels[i], confidences[i], redrawn[i] = new_labels[row], new_confidences[row], round_
+                labels[i], confidences[i], redrawn[i] = fresh.labels[row], fresh.confidences[row], round_
             rounds_run = round_
     names = classifier.class_names
     check = DigitCheck(
@@ -221,12 +254,26 @@ def check_samples(
     return samples, check
 
 
-def check_points(measure: PointsMeasure, samples: torch.Tensor) -> DigitCheck:
+def _replace_rows(
+    samples: torch.Tensor | np.ndarray, rows: list[int], fresh: torch.Tensor | np.ndarray
+) -> torch.Tensor | np.ndarray:
+    """A copy of ``samples`` with ``rows`` replaced by ``fresh`` (host arrays stay host arrays)."""
+    if isinstance(samples, np.ndarray):
+        merged = samples.copy()
+        merged[rows] = np.asarray(fresh, dtype=samples.dtype)
+        return merged
+    with torch.inference_mode():
+        merged = samples.clone()
+        merged[rows] = fresh.to(samples.device, samples.dtype)
+    return merged
+
+
+def check_points(measure: PointsMeasure, samples: torch.Tensor | np.ndarray) -> DigitCheck:
     """Measure point samples (N, 2) in [-1, 1]^2 against their data."""
     if samples.ndim != 2 or samples.shape[1] != 2:
         raise ValueError(f"expected points (N, 2), got shape {tuple(samples.shape)}")
     started = time.perf_counter()
-    fraction = measure.fraction(samples.detach().cpu())
+    fraction = measure.fraction(samples if isinstance(samples, np.ndarray) else samples.detach().cpu())
     total = int(samples.shape[0])
     return DigitCheck(
         kind="points",

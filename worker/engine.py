@@ -53,7 +53,8 @@ from ddpm_core.errors import GenerationCancelled
 from ddpm_core.pipeline import Generation
 from ddpm_core.schedule import NoiseSchedule
 from worker.engine_stats import EngineStats
-from worker.executor import StepExecutor, is_fatal_device_error
+from worker.executor import StepExecutor, TickTimer, is_fatal_device_error
+from worker.outputs import HostStep, JobOutput, OutputPlan, OutputProcessor
 from worker.request_state import EngineClosed, EngineJob, EngineRequest, JobState, JobStatus, JobTimeLimit, StepCallback
 from worker.scheduler import Drop, Scheduler
 
@@ -80,12 +81,15 @@ class _Call:
 
 @dataclass
 class _LiveJob:
-    """A queued or running job: its handle, its generation (x_t; dropped when it ends), its callbacks."""
+    """A queued or running job: its handle, its generation (x_t; dropped when it ends), its
+    callbacks and what it takes to the host (:mod:`worker.outputs`)."""
 
     job: EngineJob
     generation: Generation
     on_step: StepCallback | None
     on_start: Callable[[], None] | None
+    outputs: OutputPlan | None = None
+    on_output: Callable[[HostStep], None] | None = None
 
 
 class Engine:
@@ -134,6 +138,7 @@ class Engine:
         self.max_batch = int(max_batch)
         self.name = name
         self._executor = StepExecutor(schedule, self.sample_shape, self.device, self.num_classes, self.max_batch)
+        self._outputs = OutputProcessor(self.sample_shape, self.device)
         # the lock guards the scheduler, the live jobs, the calls, the flags and the counters
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
@@ -179,15 +184,22 @@ class Engine:
         *,
         on_step: StepCallback | None = None,
         on_start: Callable[[], None] | None = None,
+        outputs: OutputPlan | None = None,
+        on_output: Callable[[HostStep], None] | None = None,
     ) -> EngineJob:
         """Queue a job (any thread); returns its handle at once.
 
         Args:
             request: what to generate.
-            on_step: called after each of the job's steps with its :class:`StepInfo` (tensors
-                of this job only, (n, ...)), on the engine thread; raising fails the job.
+            on_step: called after each of the job's steps with its :class:`StepInfo` (device
+                tensors of this job only, (n, ...)), on the engine thread; raising fails the job.
             on_start: called when the job is admitted, before its first step, on the engine
                 thread; raising fails the job.
+            outputs: what the job takes to the host (frames, previews, its final samples and
+                their reading), gathered with every other job's into one copy per tick; the
+                final host data is :meth:`EngineJob.host_result`.
+            on_output: called after each step with its :class:`HostStep` (host arrays only
+                where ``outputs`` asked for them), on the engine thread; raising fails the job.
         Raises:
             ValueError: a bad request (unknown sampler, step count, label out of range, ...).
             EngineClosed: the engine is closing.
@@ -198,7 +210,7 @@ class Engine:
                 raise EngineClosed(f"engine {self.name} is closed")
             state = JobState(next(self._job_ids), request, rows=generation.forward_rows, total=generation.total)
             job = EngineJob(state, self._request_cancel)
-            self._live_jobs[state.id] = _LiveJob(job, generation, on_step, on_start)
+            self._live_jobs[state.id] = _LiveJob(job, generation, on_step, on_start, outputs, on_output)
             self._scheduler.add(state.id, state.rows, state.total, state.deadline)
             self._stats.submitted += 1
             self._wakeup.notify()
@@ -351,10 +363,15 @@ class Engine:
             return [self._live_jobs[job.id] for job in self._scheduler.running]
 
     def _tick(self, running: list[_LiveJob]) -> None:
-        """Execute one forward over ``running``, update their state, call their callbacks."""
+        """Execute one forward over ``running``, bring their outputs to the host in one copy,
+        update their state, call their callbacks."""
         rows = sum(live.job.rows for live in running)
+        timer = TickTimer(self.device)
         try:
+            timer.start()
             output = self._executor.step([live.generation for live in running], self.forward)
+            host = self._host_outputs(running, output.results)
+            seconds = timer.stop()  # on a GPU: the tick's one wait (the copy above already waited)
         except Exception as error:  # the shared forward failed: none of its jobs advanced
             logger.exception("engine %s: forward over %d jobs (%d rows) failed", self.name, len(running), rows)
             for live in running:
@@ -367,22 +384,39 @@ class Engine:
             self._stats.forward_calls += output.forward_calls
             self._stats.rows += rows
             self._stats.job_steps += len(running)
-            self._stats.busy_seconds += output.seconds
+            self._stats.busy_seconds += seconds
+            self._stats.host_copies = self._outputs.copies
+            self._stats.host_bytes = self._outputs.bytes
             self._scheduler.advance()
         for live, result in zip(running, output.results, strict=True):
             if isinstance(result, BaseException):
                 self._end(live, JobStatus.FAILED, error=result)
                 continue
             live.job.state.step = result.step
-            if live.on_step is not None:
-                try:
+            taken = host.get(live.job.id)
+            try:
+                if live.on_step is not None:
                     live.on_step(result)
-                except Exception as error:
-                    logger.warning("job %d: on_step failed: %s: %s", live.job.id, type(error).__name__, error)
-                    self._end(live, JobStatus.FAILED, error=error)
-                    continue
+                if live.on_output is not None and taken is not None:
+                    live.on_output(taken.step)
+            except Exception as error:
+                logger.warning("job %d: a step callback failed: %s: %s", live.job.id, type(error).__name__, error)
+                self._end(live, JobStatus.FAILED, error=error)
+                continue
             if live.generation.done:
-                self._end(live, JobStatus.SUCCEEDED, result=live.generation.sample)
+                self._end(live, JobStatus.SUCCEEDED, result=live.generation.sample, host=taken)
+
+    def _host_outputs(self, running: list[_LiveJob], results: list) -> dict[int, JobOutput]:
+        """The tick's host data of every job that asked for some, by job id: one copy."""
+        wanting = [
+            (live, result)
+            for live, result in zip(running, results, strict=True)
+            if live.outputs is not None and not isinstance(result, BaseException)
+        ]
+        if not wanting:
+            return {}
+        taken = self._outputs.process([(live.outputs, result, live.generation.done) for live, result in wanting])
+        return {live.job.id: job_output for (live, _), job_output in zip(wanting, taken, strict=True)}
 
     def _drop_all(self, error: EngineClosed) -> None:
         """End every job still held: running ones, queued ones, then any the scheduler let go."""
@@ -393,7 +427,12 @@ class Engine:
             self._end(live, JobStatus.FAILED, error=error)
 
     def _end(
-        self, live: _LiveJob, status: JobStatus, result: torch.Tensor | None = None, error: BaseException | None = None
+        self,
+        live: _LiveJob,
+        status: JobStatus,
+        result: torch.Tensor | None = None,
+        error: BaseException | None = None,
+        host: JobOutput | None = None,
     ) -> None:
         """Update state and emit: the job leaves the scheduler (its rows are free for the next
         tick) and the engine, and its handle gets its outcome (done callbacks run here)."""
@@ -401,4 +440,4 @@ class Engine:
             self._scheduler.finish(live.job.id)
             self._live_jobs.pop(live.job.id, None)
             setattr(self._stats, status.value, getattr(self._stats, status.value) + 1)
-        live.job.set_outcome(status, result, error)
+        live.job.set_outcome(status, result, error, None if host is None else host.result)

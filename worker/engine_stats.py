@@ -29,6 +29,8 @@ class EngineStats:
     padded_rows: int = 0
     buckets_compiled: int = 0  # forward buckets that run compiled code (the others run eagerly)
     buckets_total: int = 0
+    host_copies: int = 0  # device-to-host copies of job outputs: at most one per tick
+    host_bytes: int = 0  # bytes those copies carried
 
     @property
     def mean_rows_per_tick(self) -> float:

@@ -1,7 +1,7 @@
 """The engine's model side, in torch: a job's :class:`~ddpm_core.pipeline.Generation` from its
 request (:meth:`StepExecutor.prepare`, which checks the request) and one tick, the shared
-forward of every running job (:meth:`StepExecutor.step`, over
-:func:`ddpm_core.batching.denoise_step`).
+forward and vectorised sampler step of every running job (:meth:`StepExecutor.step`, over
+:func:`ddpm_core.batching.denoise_step`), timed on its device (:class:`TickTimer`).
 
 It decides nothing about which jobs run (:mod:`worker.scheduler` does) and keeps no job: the
 engine hands it the generations of the running jobs at each tick.
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ddpm_core.batching import Forward, denoise_step
+from ddpm_core.batching import Forward, HostStaging, denoise_step
 from ddpm_core.pipeline import Generation, StepInfo
 from ddpm_core.samplers import SAMPLERS, DDIMSampler, DDPMSampler, make_sampler
 from ddpm_core.schedule import NoiseSchedule
@@ -25,12 +25,36 @@ from worker.request_state import EngineRequest
 
 @dataclass
 class TickOutput:
-    """One tick: per generation its :class:`StepInfo` or its error (in order), the forward calls
-    it took (more than one when its rows ran in chunks) and its seconds."""
+    """One tick: per generation its :class:`StepInfo` or its error (in order) and the forward
+    calls it took (more than one when its rows ran in chunks)."""
 
     results: list[StepInfo | BaseException]
     forward_calls: int
-    seconds: float
+
+
+class TickTimer:
+    """The seconds of a tick's work on its device: wall time on a CPU; on CUDA, events around the
+    tick's kernels (the work is asynchronous), read once the tick has been waited for."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._cuda = device.type == "cuda"
+        self._started = 0.0
+        self._start = self._end = None
+
+    def start(self) -> None:
+        if self._cuda:
+            self._start, self._end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._started = time.perf_counter()
+
+    def stop(self) -> float:
+        """The seconds since :meth:`start`; on CUDA this waits for the tick's last kernel."""
+        if not self._cuda:
+            return time.perf_counter() - self._started
+        self._end.record()
+        self._end.synchronize()
+        return self._start.elapsed_time(self._end) / 1000
 
 
 class StepExecutor:
@@ -59,6 +83,7 @@ class StepExecutor:
         self.max_batch = max_batch
         self._samplers: dict[tuple[str, int | None, float], DDPMSampler | DDIMSampler] = {}
         self._samplers_lock = threading.Lock()
+        self._upload = HostStaging(pin=device.type == "cuda")  # reused: each tick waits for its end
 
     def prepare(self, request: EngineRequest) -> Generation:
         """The request's generation, at step 0 (any thread).
@@ -106,7 +131,9 @@ class StepExecutor:
         return sampler
 
     def step(self, generations: Sequence[Generation], forward: Forward) -> TickOutput:
-        """Advance every generation by one step with one shared ``forward``.
+        """Advance every generation by one step with one shared ``forward`` and one vectorised
+        sampler step; the rows' tables go to the device in one copy (through a pinned buffer on
+        a GPU). Nothing here waits for the device.
 
         Raises:
             Exception: the forward's error (no generation advanced); an error of one
@@ -119,17 +146,10 @@ class StepExecutor:
             forward_calls += 1
             return forward(sample, timesteps, labels)
 
-        if self.device.type != "cuda":
-            started = time.perf_counter()
-            results = denoise_step(generations, counted_forward, max_batch=self.max_batch, return_exceptions=True)
-            return TickOutput(results, forward_calls, time.perf_counter() - started)
-        # on CUDA the work is asynchronous: time it with events, waiting for the tick's end
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        results = denoise_step(generations, counted_forward, max_batch=self.max_batch, return_exceptions=True)
-        end.record()
-        end.synchronize()
-        return TickOutput(results, forward_calls, start.elapsed_time(end) / 1000)
+        results = denoise_step(
+            generations, counted_forward, max_batch=self.max_batch, return_exceptions=True, staging=self._upload
+        )
+        return TickOutput(results, forward_calls)
 
 
 def is_fatal_device_error(error: BaseException) -> bool:

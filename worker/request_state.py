@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import torch
 
     from ddpm_core.pipeline import StepInfo
+    from worker.outputs import HostResult
 
 StepCallback = Callable[["StepInfo"], None]
 
@@ -154,6 +155,7 @@ class EngineJob:
         self._request_cancel = request_cancel
         self._cancel_requested = threading.Event()
         self._future: Future[torch.Tensor] = Future()
+        self._host: HostResult | None = None
 
     def __repr__(self) -> str:
         return f"<EngineJob {self.id} {self.status} {self.step}/{self.total} rows={self.rows}>"
@@ -187,12 +189,30 @@ class EngineJob:
     def done(self) -> bool:
         return self._future.done()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for the job to finish; whether it has."""
+        try:
+            self._future.exception(timeout)
+        except FutureTimeout:
+            return False
+        except BaseException:  # a cancelled future raises here; the job is over all the same
+            pass
+        return True
+
     def result(self, timeout: float | None = None) -> torch.Tensor:
         """The final samples, (n, *sample_shape); raises the job's exception, or TimeoutError."""
         try:
             return self._future.result(timeout)
         except FutureTimeout:
             raise TimeoutError(f"job {self.id} not done after {timeout} s") from None
+
+    def host_result(self, timeout: float | None = None) -> HostResult:
+        """The final samples as host data (:class:`~worker.outputs.HostResult`), for a job
+        submitted with ``outputs``; raises the job's exception, or TimeoutError."""
+        self.result(timeout)
+        if self._host is None:
+            raise RuntimeError(f"job {self.id} was submitted without outputs: it has no host result")
+        return self._host
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The job's exception (None when it succeeded), waiting up to ``timeout``."""
@@ -211,10 +231,16 @@ class EngineJob:
         self._future.set_running_or_notify_cancel()
 
     def set_outcome(
-        self, status: JobStatus, result: torch.Tensor | None = None, error: BaseException | None = None
+        self,
+        status: JobStatus,
+        result: torch.Tensor | None = None,
+        error: BaseException | None = None,
+        host: HostResult | None = None,
     ) -> None:
-        """The engine ended the job: its final status and its samples or its error."""
+        """The engine ended the job: its final status and its samples (and their host copy, when
+        the job asked for one) or its error."""
         self.state.finish(status)
+        self._host = host
         if error is None:
             self._future.set_result(result)
         else:

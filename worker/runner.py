@@ -8,13 +8,15 @@ Large jobs stay small on the wire and in memory: each GIF frame is shrunk as it 
 PNG of at most :data:`PREVIEW_MAX_BYTES`, and the final grid is upscaled by whole pixels only
 while it is small (:func:`~ddpm_core.render.display_scale`), so MNIST grids look as they did.
 
-Every torch operation runs on the engine thread: a step's callback records what the step leaves
-behind (a GIF frame, a preview as 8-bit host images) in the job's :class:`JobChannel`, and the
-final conversion and the classifier's readings are handed to the engine thread between ticks.
-The job's own thread does only host work (PNG and GIF encoding) and every Redis write, so a slow
-Redis never holds up the batch, and no second OpenMP thread pool competes with the sampling
-one for the cores (on this 2-core CPU, torch work on a second thread slowed the engine's
-forwards by a third). Only worker processes import this module.
+No torch here: the job tells the engine what it takes home (an
+:class:`~worker.outputs.OutputPlan`: its GIF frames, its previews, its final samples and the
+classifier's reading of them), and the engine brings every job's due outputs to the host in one
+copy per tick and hands them over as numpy arrays (:class:`~worker.outputs.HostStep`,
+:class:`~worker.outputs.HostResult`). The job's own thread does only host work (GIF frames,
+PNG and GIF encoding) and every Redis write, so a slow Redis never holds up the batch, and no
+second OpenMP thread pool competes with the sampling one for the cores (on this 2-core CPU,
+torch work on a second thread slowed the engine's forwards by a third). First draws and
+redraws go through one helper, :func:`await_job`. Only worker processes import this module.
 """
 
 from __future__ import annotations
@@ -24,18 +26,16 @@ import itertools
 import logging
 import queue
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import redis.exceptions
-import torch
 
 from contract.layout import DigitCheck
 from contract.settings import Settings
 from contract.spec import JobSpec
-from ddpm_core.checkpoint import LoadedCheckpoint
 from ddpm_core.errors import GenerationCancelled
-from ddpm_core.pipeline import StepInfo
 from ddpm_core.render import (
     FrameRecorder,
     ScatterRecorder,
@@ -45,11 +45,11 @@ from ddpm_core.render import (
     make_grid,
     png_bytes,
     scatter_image,
-    to_uint8_images,
 )
-from worker.check import DigitChecker, PointsMeasure, check_points, check_samples, skipped
+from worker.check import Classifier, DigitChecker, Drawn, PointsMeasure, check_points, check_samples, skipped
 from worker.engine import Engine, EngineRequest
 from worker.engines import EnginePool
+from worker.outputs import HostResult, HostStep, OutputPlan, Reader
 from worker.store import JobStore
 
 logger = logging.getLogger(__name__)
@@ -76,13 +76,18 @@ class JobChannel:
         self.preview_every = max(1, total // count) if count else 0
         self._updates: queue.SimpleQueue[tuple[int, np.ndarray | None]] = queue.SimpleQueue()
 
-    def on_step(self, info: StepInfo) -> None:
-        """On the engine thread, after each step: keep a frame or a preview if one is due."""
-        self.recorder(info)
-        preview = None
-        if self.preview_every and info.step % self.preview_every == 0 and info.step < info.total:
-            preview = host_copy(info.pred_original_sample, self.is_points)
-        self._updates.put((info.step, preview))
+    def plan(self, reader: Reader | None = None) -> OutputPlan:
+        """What the engine copies to the host for this job: its frames, its previews, and (with
+        ``reader``) the reading of its final samples."""
+        previews = range(self.preview_every, self.total, self.preview_every) if self.preview_every else ()
+        return OutputPlan(frozenset(self.recorder.steps), frozenset(previews), reader)
+
+    def on_output(self, info: HostStep) -> None:
+        """On the engine thread, after each step: keep the frame, pass the preview on (host arrays)."""
+        if info.sample is not None:
+            self.recorder(info)
+        preview = self.preview_every and info.step % self.preview_every == 0 and info.step < self.total
+        self._updates.put((info.step, info.pred_original_sample if preview else None))
 
     def take(self, timeout: float) -> list[tuple[int, np.ndarray | None]]:
         """The updates since the last call, waiting up to ``timeout`` s for the first."""
@@ -95,26 +100,6 @@ class JobChannel:
                 updates.append(self._updates.get_nowait())
             except queue.Empty:
                 return updates
-
-
-def host_copy(samples: torch.Tensor, is_points: bool) -> np.ndarray:
-    """Samples as host arrays for rendering: 8-bit images (n, H, W, C), or points (n, 2)."""
-    if is_points:
-        return samples.detach().float().cpu().numpy()
-    return to_uint8_images(samples)
-
-
-class OnEngineThread:
-    """A classifier whose readings run on the engine thread (between ticks)."""
-
-    def __init__(self, classifier: object, engine: Engine) -> None:
-        self._classifier, self._engine = classifier, engine
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._classifier, name)
-
-    def read(self, samples: torch.Tensor) -> tuple[list[int], list[float]]:
-        return self._engine.call_on_engine_thread(lambda: self._classifier.read(samples))
 
 
 class JobReporter:
@@ -198,6 +183,30 @@ def public_message(error: BaseException, settings: Settings) -> str:
     return message
 
 
+def await_job(
+    engine: Engine,
+    request: EngineRequest,
+    plan: OutputPlan,
+    cancel: CancelPoll,
+    on_output: Callable[[HostStep], None] | None = None,
+    while_waiting: Callable[[], None] | None = None,
+) -> HostResult:
+    """Submit ``request`` with ``plan`` and wait for its host result, cancelling it when ``cancel``
+    says so; ``while_waiting`` runs between looks (the first draw publishes progress there and
+    waits in it); without it the wait is 50 ms at a time.
+
+    Raises the job's error (:class:`GenerationCancelled` after a cancellation)."""
+    handle = engine.submit(request, outputs=plan, on_output=on_output)
+    while not handle.done():
+        if while_waiting is not None:
+            while_waiting()
+        else:
+            handle.wait(0.05)
+        if cancel():
+            handle.cancel()
+    return handle.host_result()
+
+
 def run_job(
     settings: Settings,
     store: JobStore,
@@ -214,6 +223,7 @@ def run_job(
     check: DigitCheck | None = None
     try:
         loaded, engine = engines.for_spec(spec)
+        found = None if checker is None else checker.for_model(loaded)
         channel = JobChannel(spec.steps, tuple(loaded.sample_shape) == (2,), settings)
         request = EngineRequest(
             n=spec.n,
@@ -224,20 +234,22 @@ def run_job(
             digit=spec.digit,
             time_limit_s=settings.max_job_s,
         )
-        handle = engine.submit(request, on_step=channel.on_step)
         reporter = JobReporter(store, job_id, channel, settings)
         cancel = CancelPoll(store, job_id)
-        while not handle.done():
-            reporter.publish(channel.take(timeout=0.05))
-            if cancel():
-                handle.cancel()
+        result = await_job(
+            engine,
+            request,
+            channel.plan(found.readings if isinstance(found, Classifier) else None),
+            cancel,
+            on_output=channel.on_output,
+            while_waiting=lambda: reporter.publish(channel.take(timeout=0.05)),
+        )
         reporter.publish(channel.take(timeout=0))
-        samples = handle.result()  # (n, *shape); raises the job's error
-        if checker is not None:
+        samples = result.samples  # host arrays: (n, H, W, C) uint8 images or (n, 2) float32 points
+        if found is not None:
             deadline = started + settings.max_job_s
-            samples, check = digit_check(checker, loaded, engine, spec, samples, store, job_id, cancel, deadline)
-        host = engine.call_on_engine_thread(lambda: host_copy(samples, channel.is_points))
-        png, gif = result_png(host, channel.is_points), gif_bytes(channel.recorder.frames)
+            samples, check = check_result(found, engine, spec, result, store, job_id, cancel, deadline)
+        png, gif = result_png(samples, channel.is_points), gif_bytes(channel.recorder.frames)
     except GenerationCancelled as cancelled:
         done_steps = cancelled.step
         _patiently(lambda: store.cancelled(job_id, done_steps), job_id)
@@ -254,35 +266,38 @@ def run_job(
     return "succeeded"
 
 
-def digit_check(
-    checker: DigitChecker,
-    loaded: LoadedCheckpoint,
+def check_result(
+    found: Classifier | PointsMeasure | str,
     engine: Engine,
     spec: JobSpec,
-    samples: torch.Tensor,
+    result: HostResult,
     store: JobStore,
     job_id: str,
     cancel: CancelPoll,
     deadline: float,
-) -> tuple[torch.Tensor, DigitCheck]:
-    """The job's final samples and their check; redraws run on ``engine`` beside other jobs.
+) -> tuple[np.ndarray, DigitCheck]:
+    """The job's final host samples and their check; redraws run on ``engine`` beside other jobs
+    (through :func:`await_job`, read on the engine as the first draw was).
 
     A check that fails leaves the samples unchecked (the job still succeeds, its check says
     why); a redraw that fails or is cancelled ends the job as the first draw would have."""
-    found = checker.for_model(loaded)
+    samples = result.samples
     if isinstance(found, str):
         return samples, skipped(found)
     if isinstance(found, PointsMeasure):
         try:
-            return samples, engine.call_on_engine_thread(lambda: check_points(found, samples))
+            return samples, check_points(found, samples)
         except Exception as error:
             logger.exception("job %s: the points check failed", job_id)
             return samples, skipped(f"the check failed: {type(error).__name__}")
-    classifier = OnEngineThread(found, engine)
+    if result.readings is None:
+        logger.error("job %s: the per-class check failed: %s", job_id, result.reading_error)
+        reason = (result.reading_error or "no reading").split(":")[0]
+        return samples, skipped(f"the check failed: {reason}")
     rounds = itertools.count(1)
     redraw_errors: list[BaseException] = []
 
-    def redraw(indices: list[int], seeds: list[int]) -> torch.Tensor:
+    def redraw(indices: list[int], seeds: list[int]) -> Drawn:
         round_ = next(rounds)
         try:
             store.event(job_id, "redraw", {"round": round_, "samples": indices, "seeds": seeds})
@@ -298,18 +313,16 @@ def digit_check(
             time_limit_s=max(deadline - time.perf_counter(), 1e-3),
         )
         try:
-            handle = engine.submit(request)
-            while not handle.done():
-                if cancel():
-                    handle.cancel()
-                time.sleep(0.05)
-            return handle.result()
+            fresh = await_job(engine, request, OutputPlan(reader=found.readings), cancel)
+            if fresh.readings is None:
+                raise RuntimeError(f"the redraw's reading failed: {fresh.reading_error}")
         except BaseException as error:
             redraw_errors.append(error)
             raise
+        return Drawn.from_readings(fresh.samples, fresh.readings)
 
     try:
-        return check_samples(classifier, spec, samples, redraw)
+        return check_samples(found, spec, Drawn.from_readings(samples, result.readings), redraw)
     except Exception as error:
         if redraw_errors:
             raise

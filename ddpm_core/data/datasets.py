@@ -122,6 +122,11 @@ def on_black_squares(points: torch.Tensor) -> torch.Tensor:
     return inside & (torch.floor(points).sum(dim=1).long() % 2 == 0)
 
 
-def checkerboard_fraction_on_black(samples: torch.Tensor) -> float:
-    """The fraction of samples (N, 2) in the toy's [-1, 1] space that land on black squares."""
+def checkerboard_fraction_on_black(samples: torch.Tensor | np.ndarray) -> float:
+    """The fraction of samples (N, 2) in the toy's [-1, 1] space that land on black squares
+    (host arrays are measured with numpy, the same rule as :func:`on_black_squares`)."""
+    if isinstance(samples, np.ndarray):
+        board = samples.astype(np.float64) * 2.0 + 2.0
+        inside = ((board >= 0) & (board < 4)).all(axis=1)
+        return float((inside & (np.floor(board).sum(axis=1).astype(np.int64) % 2 == 0)).mean())
     return on_black_squares(samples.double() * 2.0 + 2.0).double().mean().item()

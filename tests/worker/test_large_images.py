@@ -16,6 +16,7 @@ from PIL import Image
 from contract.settings import Settings
 from ddpm_core.pipeline import StepInfo
 from ddpm_core.render import FrameRecorder, gif_bytes, make_grid, png_bytes, to_uint8_images
+from worker.outputs import HostStep
 from worker.runner import GIF_GRID_SIDE, PREVIEW_MAX_BYTES, JobChannel, preview_png, result_png
 
 GIF_MAX_BYTES = 10 * 1024 * 1024
@@ -37,13 +38,23 @@ def clean_images(n: int, channels: int, size: int) -> torch.Tensor:
 def run_channel(n: int, channels: int, size: int, total: int, settings: Settings) -> tuple[JobChannel, list]:
     """Feed a JobChannel the steps of a denoising run from noise to ``clean_images``; the previews sent."""
     channel = JobChannel(total, is_points=False, settings=settings)
+    plan = channel.plan()
     clean = clean_images(n, channels, size)
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(2))
     for step in range(1, total + 1):
         keep = math.sin(0.5 * math.pi * step / total) ** 2  # the signal's share grows to 1
         sample = math.sqrt(keep) * clean + math.sqrt(1 - keep) * noise
         prediction = (clean + (1 - keep) * 0.5 * noise).clamp(-1, 1)
-        channel.on_step(StepInfo(step, total, total - step, sample, prediction))
+        want_sample, want_prediction = plan.captures(step, total)  # what the engine would copy to the host
+        channel.on_output(
+            HostStep(
+                step,
+                total,
+                total - step,
+                to_uint8_images(sample) if want_sample else None,
+                to_uint8_images(prediction) if want_prediction else None,
+            )
+        )
     previews = [preview for _, preview in channel.take(timeout=0) if preview is not None]
     return channel, previews
 
