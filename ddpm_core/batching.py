@@ -144,12 +144,36 @@ def plan_rows(
     generations: Sequence[Generation],
     device: torch.device,
     staging: HostStaging | None = None,
-    coefficients: Sequence[torch.Tensor] | None = None,
+    coefficients: Sequence[Sequence[float]] | None = None,
 ) -> TickRows:
     """Every generation's rows of the next tick, built on the host (noise drawn there from each
-    sample's generator) and copied to ``device`` in ONE copy.
+    sample's generator, :func:`host_rows`) and copied to ``device`` in ONE copy.
 
     The host work is a loop over generations; nothing launched on the device depends on their number."""
+    host, sizes, has_labels, adds_noise = host_rows(generations, staging, coefficients)
+    shape = generations[0].sample_shape
+    conditional = sum(generation.num_samples for generation in generations)
+    on_device = host.to(device, non_blocking=True)
+    timesteps, labels, unconditional_rows, unconditional_of, guidance, coefficients, noise = on_device.split(sizes)
+    unconditional = sizes[2] > 0
+    return TickRows(
+        timesteps=timesteps.long(),
+        labels=labels.long() if has_labels else None,
+        unconditional_rows=unconditional_rows.long() if unconditional else None,
+        unconditional_of=unconditional_of.long() if unconditional else None,
+        guidance=guidance,
+        coefficients=coefficients.view(conditional, NUM_COEFFICIENTS),
+        noise=noise.view(conditional, *shape) if adds_noise else None,
+    )
+
+
+def host_rows(
+    generations: Sequence[Generation],
+    staging: HostStaging | None = None,
+    coefficients: Sequence[Sequence[float]] | None = None,
+) -> tuple[torch.Tensor, list[int], bool, bool]:
+    """The host side of :func:`plan_rows`: every table in one float32 host tensor; with its
+    parts' sizes, whether the model has labels and whether any row adds noise."""
     shape = generations[0].sample_shape
     width = prod(shape)
     counts = [generation.num_samples for generation in generations]
@@ -159,7 +183,7 @@ def plan_rows(
     forward = conditional + unconditional
     has_labels = generations[0].labels is not None
     rows = list(coefficients) if coefficients is not None else [g.step_coefficients() for g in generations]
-    adds_noise = any(bool(row[COEF_STD] > 0) for row in rows)
+    adds_noise = any(row[COEF_STD] > 0 for row in rows)
     # layout: timesteps | labels | unconditional rows | unconditional of | guidance | coefficients | noise
     sizes = [forward, forward if has_labels else 0, unconditional, conditional if unconditional else 0]
     sizes += [conditional, conditional * NUM_COEFFICIENTS, conditional * width if adds_noise else 0]
@@ -173,7 +197,7 @@ def plan_rows(
         end = start + count
         timestep = float(generation.timestep)
         timesteps[start:end] = timestep
-        coefficients[start:end] = row.to(torch.float32)
+        coefficients[start:end] = torch.tensor(row, dtype=torch.float32)
         guidance[start:end] = generation.guidance_scale if needs else 0.0
         if has_labels:
             labels[start:end] = generation.host_labels
@@ -189,17 +213,7 @@ def plan_rows(
             unconditional_of[start:end] = torch.arange(extra, extra + count, dtype=torch.float32)
             extra += count
         start = end
-    on_device = host.to(device, non_blocking=True)
-    timesteps, labels, unconditional_rows, unconditional_of, guidance, coefficients, noise = on_device.split(sizes)
-    return TickRows(
-        timesteps=timesteps.long(),
-        labels=labels.long() if has_labels else None,
-        unconditional_rows=unconditional_rows.long() if unconditional else None,
-        unconditional_of=unconditional_of.long() if unconditional else None,
-        guidance=guidance,
-        coefficients=coefficients.view(conditional, NUM_COEFFICIENTS),
-        noise=noise.view(conditional, *shape) if adds_noise else None,
-    )
+    return host, sizes, has_labels, adds_noise
 
 
 def _check_can_share(generations: Sequence[Generation]) -> None:
@@ -248,7 +262,7 @@ def denoise_step(
     _check_can_share(generations)
     results: list[StepInfo | BaseException | None] = [None] * len(generations)
     stepping: list[Generation] = []
-    coefficients: list[torch.Tensor] = []
+    coefficients: list[tuple[float, ...]] = []
     for index, generation in enumerate(generations):
         try:
             coefficients.append(generation.step_coefficients())  # raises when it is done

@@ -232,12 +232,12 @@ class Generation:
         conditional, unconditional = output.chunk(2)
         return conditional, unconditional
 
-    def step_coefficients(self) -> torch.Tensor:
-        """(6,) float64: the sampler's coefficients (:func:`ddpm_core.samplers.apply_step`) of the next step."""
+    def step_coefficients(self) -> tuple[float, ...]:
+        """The sampler's 6 coefficients (:func:`ddpm_core.samplers.apply_step`) of the next step."""
         self._check_not_done()
         return self.sampler.step_coefficients(self._timestep_values[self.step_index])
 
-    def fill_noise(self, out: torch.Tensor, coefficients: torch.Tensor | None = None) -> bool:
+    def fill_noise(self, out: torch.Tensor, coefficients: Sequence[float] | None = None) -> bool:
         """Draw the next step's noise into ``out`` (B, prod(sample_shape)) float32 on the CPU,
         row i from generator i; False (and ``out`` zeroed) when the step adds none.
 
@@ -289,7 +289,7 @@ class Generation:
         noise = torch.empty((self.num_samples, prod(self.sample_shape)), dtype=torch.float32)
         has_noise = self.fill_noise(noise, coefficients)
         noise_rows = noise.view(expected) if has_noise else None
-        rows = coefficients.to(torch.float32).expand(self.num_samples, -1).to(self.device)
+        rows = torch.tensor(coefficients, dtype=torch.float32).expand(self.num_samples, -1).to(self.device)
         return self.commit(apply_step(model_output, self.sample, rows, noise_rows))
 
     def _check_not_done(self) -> None:

@@ -128,9 +128,11 @@ class _SpacedSampler:
         self._index = {t: len(kept) - 1 - i for i, t in enumerate(kept[::-1])}
         clip = self.clip_sample_range if self.clip_sample else float("inf")
         rows = [(*self._step_terms(index), clip) for index in range(len(kept))]
+        self.coefficient_rows: list[tuple[float, ...]] = rows
+        """Row ``i`` holds (a, b, c1, c2, s, r) of the step from the i-th kept timestep
+        (ascending), columns ``COEF_*``; plain floats, so looking one up launches nothing."""
         self.coefficients = torch.tensor(rows, dtype=torch.float64)
-        """(num_inference_steps, 6) float64: row ``i`` holds (a, b, c1, c2, s, r) of the step
-        from the i-th kept timestep (ascending), columns ``COEF_*``."""
+        """:attr:`coefficient_rows` as a (num_inference_steps, 6) float64 tensor."""
 
     def _step_terms(self, index: int) -> tuple[float, float, float, float, float]:
         """(a, b, c1, c2, s) of the step from spaced index ``index``."""
@@ -143,9 +145,9 @@ class _SpacedSampler:
             raise ValueError(f"timestep {key} is not one of this sampler's {self.num_inference_steps} timesteps")
         return self._index[key]
 
-    def step_coefficients(self, timestep: int | torch.Tensor) -> torch.Tensor:
-        """(6,) float64: the coefficients of the step from ``timestep``."""
-        return self.coefficients[self.spaced_index(timestep)]
+    def step_coefficients(self, timestep: int | torch.Tensor) -> tuple[float, ...]:
+        """The 6 coefficients (columns ``COEF_*``) of the step from ``timestep``."""
+        return self.coefficient_rows[self.spaced_index(timestep)]
 
     def _term(self, name: str, index: int) -> float:
         return float(getattr(self.spaced_schedule, name)[index])
@@ -169,7 +171,7 @@ class _SpacedSampler:
         """
         coefficients = self.step_coefficients(timestep)
         noise = randn_like(sample, generator) if coefficients[COEF_STD] > 0 else None
-        return apply_step(model_output, sample, coefficients, noise)
+        return apply_step(model_output, sample, torch.tensor(coefficients, dtype=torch.float64), noise)
 
 
 class DDPMSampler(_SpacedSampler):
