@@ -44,7 +44,6 @@ from ddpm_core.evaluation.pairing import FoundClassifier, ModelSamples, find_cla
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Drawn:
     """Samples already read: (n, ...) samples (a tensor, or the host arrays the engine copied

@@ -9,18 +9,17 @@ any sampler, step count, digit, guidance scale and seed share the forward; a sam
 what ``generate()`` gives it alone, up to float noise.
 
 One responsibility per module (as vLLM's v1 engine splits): :mod:`worker.request_state` (the
-request, each job's state and handle), :mod:`worker.scheduler` (which jobs run in the next
-tick; plain integers, no torch), :mod:`worker.executor` (a job's generation, one tick's
-forward) and this core: a thread that schedules, executes, updates state and calls back.
+request, its output plan and host data, each job's state and handle), :mod:`worker.scheduler`
+(which jobs run in the next tick; plain integers, no torch), :mod:`worker.executor` (a job's
+generation; one tick's forward and vectorised step, one upload), :mod:`worker.outputs` (the
+tick's due outputs to the host, one copy) and this core: schedule, execute, update, emit.
 
-Capacity. ``max_batch`` bounds the rows of one forward, unconditional copies included: a job
-of n samples takes n rows, 2n with guidance (n without an unconditional copy). A larger job
-runs alone, its forward in chunks of at most ``max_batch`` rows. Admission is FIFO with
-conservative backfilling that never delays the head of the queue (:mod:`worker.scheduler`).
+Capacity. ``max_batch`` bounds the rows of one forward (n per job, 2n with guidance); a
+larger job runs alone, in chunks. Admission: FIFO with conservative backfilling (:mod:`worker.scheduler`).
 
-Threading. Callbacks (``on_start``, ``on_step``, the handle's done callbacks) run on the
-engine thread, between forwards: keep them short (a slow callback delays every job). An
-exception in a job's ``on_start`` or ``on_step`` fails that job only; the others continue. An
+Threading. Callbacks (``on_start``, ``on_step``, ``on_output``, the handle's done callbacks)
+run on the engine thread, between forwards: keep them short (a slow callback delays every
+job). An exception in a job's callback fails that job only; the others continue. An
 exception of the forward itself fails the jobs of that forward (none of them advanced) and the
 engine goes on with the queue. A cancellation (:meth:`EngineJob.cancel`, any thread) or a
 time limit (``EngineRequest.time_limit_s``) takes effect before the next tick: the job's rows
@@ -40,22 +39,31 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ddpm_core.batching import Forward
-from ddpm_core.compiled import DEFAULT_MAX_BATCH, BucketedForward, dummy_inputs
+from ddpm_core.compiled import DEFAULT_MAX_BATCH, BucketedForward
 from ddpm_core.errors import GenerationCancelled
-from ddpm_core.pipeline import Generation
 from ddpm_core.schedule import NoiseSchedule
 from worker.engine_stats import EngineStats
 from worker.executor import StepExecutor, TickTimer, is_fatal_device_error
-from worker.outputs import HostStep, JobOutput, OutputPlan, OutputProcessor
-from worker.request_state import EngineClosed, EngineJob, EngineRequest, JobState, JobStatus, JobTimeLimit, StepCallback
+from worker.outputs import JobOutput, OutputProcessor
+from worker.request_state import (
+    EngineCall,
+    EngineClosed,
+    EngineJob,
+    EngineRequest,
+    HostStep,
+    JobState,
+    JobStatus,
+    JobTimeLimit,
+    LiveJob,
+    OutputPlan,
+    StepCallback,
+)
 from worker.scheduler import Drop, Scheduler
 
 if TYPE_CHECKING:
@@ -63,33 +71,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 __all__ = ["Engine", "EngineClosed", "EngineJob", "EngineRequest", "EngineStats", "JobStatus", "JobTimeLimit"]
-
-
-@dataclass
-class _Call:
-    """A function to run on the engine thread between ticks, and its outcome."""
-
-    fn: Callable[[], Any]
-    future: Future = field(default_factory=Future)
-
-    def run(self) -> None:
-        try:
-            self.future.set_result(self.fn())
-        except BaseException as error:  # handed to the caller
-            self.future.set_exception(error)
-
-
-@dataclass
-class _LiveJob:
-    """A queued or running job: its handle, its generation (x_t; dropped when it ends), its
-    callbacks and what it takes to the host (:mod:`worker.outputs`)."""
-
-    job: EngineJob
-    generation: Generation
-    on_step: StepCallback | None
-    on_start: Callable[[], None] | None
-    outputs: OutputPlan | None = None
-    on_output: Callable[[HostStep], None] | None = None
 
 
 class Engine:
@@ -143,8 +124,8 @@ class Engine:
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._scheduler = Scheduler(self.max_batch)
-        self._live_jobs: dict[int, _LiveJob] = {}
-        self._calls: deque[_Call] = deque()
+        self._live_jobs: dict[int, LiveJob] = {}
+        self._calls: deque[EngineCall] = deque()
         self._job_ids = itertools.count(1)
         self._closing = False
         self._drain = False
@@ -210,7 +191,7 @@ class Engine:
                 raise EngineClosed(f"engine {self.name} is closed")
             state = JobState(next(self._job_ids), request, rows=generation.forward_rows, total=generation.total)
             job = EngineJob(state, self._request_cancel)
-            self._live_jobs[state.id] = _LiveJob(job, generation, on_step, on_start, outputs, on_output)
+            self._live_jobs[state.id] = LiveJob(job, generation, on_step, on_start, outputs, on_output)
             self._scheduler.add(state.id, state.rows, state.total, state.deadline)
             self._stats.submitted += 1
             self._wakeup.notify()
@@ -251,19 +232,13 @@ class Engine:
         """Run the model once, eagerly, on one dummy sample on the engine thread (proves that it
         runs, before jobs are sent to it); the seconds it took."""
 
-        def run() -> float:
-            started = time.perf_counter()
-            sample, timesteps, labels = dummy_inputs(1, self.sample_shape, self.num_classes, self.device)
-            self.model(sample, timesteps, labels)
-            return time.perf_counter() - started
-
-        return self.call_on_engine_thread(run, timeout=timeout)
+        return self.call_on_engine_thread(lambda: self._executor.probe(self.model), timeout=timeout)
 
     def call_on_engine_thread(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
         """Run ``fn()`` on the engine thread between ticks and return its result (or raise its error)."""
         if threading.current_thread() is self._thread:
             return fn()
-        call = _Call(fn)
+        call = EngineCall(fn)
         with self._lock:
             if self._thread.ident is None:
                 raise RuntimeError(f"engine {self.name} is not started")
@@ -337,7 +312,7 @@ class Engine:
             if running:
                 self._tick(running)
 
-    def _schedule(self) -> list[_LiveJob]:
+    def _schedule(self) -> list[LiveJob]:
         """Schedule: end the jobs the scheduler dropped (cancelled, past their time limit),
         start the ones it admitted; the jobs of the next tick."""
         with self._lock:
@@ -362,7 +337,7 @@ class Engine:
         with self._lock:
             return [self._live_jobs[job.id] for job in self._scheduler.running]
 
-    def _tick(self, running: list[_LiveJob]) -> None:
+    def _tick(self, running: list[LiveJob]) -> None:
         """Execute one forward over ``running``, bring their outputs to the host in one copy,
         update their state, call their callbacks."""
         rows = sum(live.job.rows for live in running)
@@ -406,7 +381,7 @@ class Engine:
             if live.generation.done:
                 self._end(live, JobStatus.SUCCEEDED, result=live.generation.sample, host=taken)
 
-    def _host_outputs(self, running: list[_LiveJob], results: list) -> dict[int, JobOutput]:
+    def _host_outputs(self, running: list[LiveJob], results: list) -> dict[int, JobOutput]:
         """The tick's host data of every job that asked for some, by job id: one copy."""
         wanting = [
             (live, result)
@@ -428,7 +403,7 @@ class Engine:
 
     def _end(
         self,
-        live: _LiveJob,
+        live: LiveJob,
         status: JobStatus,
         result: torch.Tensor | None = None,
         error: BaseException | None = None,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ddpm_core.batching import Forward, HostStaging, denoise_step
+from ddpm_core.compiled import dummy_inputs
 from ddpm_core.pipeline import Generation, StepInfo
 from ddpm_core.samplers import SAMPLERS, DDIMSampler, DDPMSampler, make_sampler
 from ddpm_core.schedule import NoiseSchedule
@@ -129,6 +130,14 @@ class StepExecutor:
             with self._samplers_lock:
                 sampler = self._samplers.setdefault(key, sampler)
         return sampler
+
+    def probe(self, model: torch.nn.Module) -> float:
+        """Run ``model`` once, eagerly, on one dummy sample (proves that it runs before jobs are
+        sent to it); the seconds it took."""
+        started = time.perf_counter()
+        sample, timesteps, labels = dummy_inputs(1, self.sample_shape, self.num_classes, self.device)
+        model(sample, timesteps, labels)
+        return time.perf_counter() - started
 
     def step(self, generations: Sequence[Generation], forward: Forward) -> TickOutput:
         """Advance every generation by one step with one shared ``forward`` and one vectorised

@@ -1,13 +1,14 @@
 """The engine's output side: what each job takes home from a tick, copied to the host once.
 
-A job submitted with an :class:`OutputPlan` says which of its steps it wants on the host: GIF
-frames (x_t beside the predicted x_0), previews (x_0), and its final samples with a reading of
-them (the classifier's label and confidence of each sample, run on the device). At each tick
-the engine gathers every due tensor of every job into ONE uint8 tensor on the device (images
-as 8-bit (H, W, C) pixels, points and readings as the bytes of their float32 values), copies it
-to a pinned host buffer with one non-blocking copy and one event, and hands each job plain
-numpy arrays (:class:`HostStep`, :class:`HostResult`). The job's own thread then never touches
-torch or the device: it encodes PNGs and GIFs and writes to Redis.
+A job submitted with an :class:`~worker.request_state.OutputPlan` says which of its steps it
+wants on the host: GIF frames (x_t beside the predicted x_0), previews (x_0), and its final
+samples with a reading of them (the classifier's label and confidence of each sample, run on
+the device). At each tick the engine gathers every due tensor of every job into ONE uint8
+tensor on the device (images as 8-bit (H, W, C) pixels, points and readings as the bytes of
+their float32 values), copies it to a pinned host buffer with one non-blocking copy and one
+event, and hands each job plain numpy arrays (:class:`~worker.request_state.HostStep`,
+:class:`~worker.request_state.HostResult`). The job's own thread then never touches torch or
+the device: it encodes PNGs and GIFs and writes to Redis.
 
 The number of kernels launched and copies made per tick does not depend on how many jobs or
 items are due (a concatenation, one conversion, one copy), except one reading per finishing
@@ -16,7 +17,6 @@ job that asked for one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import prod
 
@@ -25,54 +25,7 @@ import torch
 
 from ddpm_core.batching import HostStaging
 from ddpm_core.pipeline import StepInfo
-
-Reader = Callable[[torch.Tensor], torch.Tensor]
-"""``reader(samples (n, *sample_shape) in [-1, 1]) -> (n, k) float32``, on the device, no sync
-(e.g. :meth:`worker.check.Classifier.readings`: label and confidence per sample)."""
-
-
-@dataclass(frozen=True)
-class OutputPlan:
-    """Which steps of a job are copied to the host (1-based steps of ``total``).
-
-    Attributes:
-        frame_steps: steps whose x_t and predicted x_0 are kept (the GIF's frames).
-        preview_steps: steps whose predicted x_0 is sent as a preview (never the last step).
-        reader: run on the final samples; its (n, k) readings come with them.
-    """
-
-    frame_steps: frozenset[int] = frozenset()
-    preview_steps: frozenset[int] = frozenset()
-    reader: Reader | None = None
-
-    def captures(self, step: int, total: int) -> tuple[bool, bool]:
-        """(x_t, x_0): which of the step's tensors the job wants on the host."""
-        frame = step in self.frame_steps
-        return frame, frame or (step in self.preview_steps and step < total)
-
-
-@dataclass(frozen=True)
-class HostStep:
-    """A step of a job as host data (what ``on_output`` sees after every step).
-
-    ``sample`` (x_t) and ``pred_original_sample`` (x_0) are None unless the job's plan asked for
-    them at this step; images are uint8 (n, H, W, C), points float32 (n, 2)."""
-
-    step: int
-    total: int
-    timestep: int
-    sample: np.ndarray | None = None
-    pred_original_sample: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class HostResult:
-    """A finished job's final samples on the host (uint8 (n, H, W, C) images, or float32 (n, 2)
-    points) and, when its plan had a reader, its (n, k) float32 readings."""
-
-    samples: np.ndarray
-    readings: np.ndarray | None = None
-    reading_error: str | None = None  # why the reader gave no readings
+from worker.request_state import HostResult, HostStep, OutputPlan
 
 
 def to_uint8_pixels(samples: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """What a caller of the :class:`~worker.engine.Engine` hands in and gets back, and what the
-engine knows of each job: the request (:class:`EngineRequest`), the job's state
+engine knows of each job: the request (:class:`EngineRequest`), what the job takes to the host
+(:class:`OutputPlan`) and gets there (:class:`HostStep` after each step, :class:`HostResult` at
+the end: numpy arrays, no torch), the job's state
 (:class:`JobState`: its :class:`JobStatus` and counters), the job's handle (:class:`EngineJob`)
 and the errors a job ends with when the engine stops it (:class:`EngineClosed`,
 :class:`JobTimeLimit`).
@@ -21,12 +23,61 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
-    from ddpm_core.pipeline import StepInfo
-    from worker.outputs import HostResult
+    from ddpm_core.pipeline import Generation, StepInfo
 
 StepCallback = Callable[["StepInfo"], None]
+
+
+Reader = Callable[["torch.Tensor"], "torch.Tensor"]
+"""``reader(samples (n, *sample_shape) in [-1, 1]) -> (n, k) float32``, on the device, no sync
+(e.g. :meth:`worker.check.Classifier.readings`: label and confidence per sample)."""
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """Which steps of a job are copied to the host (1-based steps of ``total``).
+
+    Attributes:
+        frame_steps: steps whose x_t and predicted x_0 are kept (the GIF's frames).
+        preview_steps: steps whose predicted x_0 is sent as a preview (never the last step).
+        reader: run on the final samples; its (n, k) readings come with them.
+    """
+
+    frame_steps: frozenset[int] = frozenset()
+    preview_steps: frozenset[int] = frozenset()
+    reader: Reader | None = None
+
+    def captures(self, step: int, total: int) -> tuple[bool, bool]:
+        """(x_t, x_0): which of the step's tensors the job wants on the host."""
+        frame = step in self.frame_steps
+        return frame, frame or (step in self.preview_steps and step < total)
+
+
+@dataclass(frozen=True)
+class HostStep:
+    """A step of a job as host data (what ``on_output`` sees after every step).
+
+    ``sample`` (x_t) and ``pred_original_sample`` (x_0) are None unless the job's plan asked for
+    them at this step; images are uint8 (n, H, W, C), points float32 (n, 2)."""
+
+    step: int
+    total: int
+    timestep: int
+    sample: np.ndarray | None = None
+    pred_original_sample: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class HostResult:
+    """A finished job's final samples on the host (uint8 (n, H, W, C) images, or float32 (n, 2)
+    points) and, when its plan had a reader, its (n, k) float32 readings."""
+
+    samples: np.ndarray
+    readings: np.ndarray | None = None
+    reading_error: str | None = None  # why the reader gave no readings
 
 
 class EngineClosed(RuntimeError):
@@ -245,3 +296,30 @@ class EngineJob:
             self._future.set_result(result)
         else:
             self._future.set_exception(error)
+
+
+@dataclass
+class LiveJob:
+    """What the engine holds of a queued or running job: its handle, its generation (x_t; dropped
+    when it ends), its callbacks and what it takes to the host."""
+
+    job: EngineJob
+    generation: Generation
+    on_step: StepCallback | None
+    on_start: Callable[[], None] | None
+    outputs: OutputPlan | None = None
+    on_output: Callable[[HostStep], None] | None = None
+
+
+@dataclass
+class EngineCall:
+    """A function to run on the engine thread between ticks, and its outcome."""
+
+    fn: Callable[[], Any]
+    future: Future = field(default_factory=Future)
+
+    def run(self) -> None:
+        try:
+            self.future.set_result(self.fn())
+        except BaseException as error:  # handed to the caller
+            self.future.set_exception(error)

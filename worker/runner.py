@@ -49,7 +49,7 @@ from ddpm_core.render import (
 from worker.check import Classifier, DigitChecker, Drawn, PointsMeasure, check_points, check_samples, skipped
 from worker.engine import Engine, EngineRequest
 from worker.engines import EnginePool
-from worker.outputs import HostResult, HostStep, OutputPlan, Reader
+from worker.request_state import HostResult, HostStep, OutputPlan, Reader
 from worker.store import JobStore
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from ddpm_core.schedule import NoiseSchedule
 from tests.tiny_models import SCHEDULE, SHAPE, TINY, perturbed
 from worker.engine import Engine, EngineRequest
 from worker.executor import StepExecutor
-from worker.outputs import HostStep, OutputPlan, OutputProcessor, to_uint8_pixels
+from worker.outputs import OutputProcessor, to_uint8_pixels
+from worker.request_state import HostStep, OutputPlan
 
 WAIT = 120
 
