@@ -1,8 +1,9 @@
 """A smoke benchmark of the serving engine on one GPU (or, with ``--small``, on a CPU in seconds),
 printing one table: what the device is, how long each bucket takes to warm, how far the
 compiled forward is from eager fp32, whether a job alone equals the same job in a 16-job batch,
-where a tick's time goes, rows/s per bucket, two engines on two threads, memory, 16 digits with
-DDPM 1000 and guidance, and digits/s at 1000 steps under 64 concurrent jobs.
+where a tick's time goes (with every job's frames and previews copied to the host at every
+step, and without), rows/s per bucket, two engines on two threads, memory, 16 digits with DDPM
+1000 and guidance, and digits/s at 1000 steps under 64 concurrent jobs.
 
     python benchmarks/gpu_smoke.py [--checkpoint checkpoints/mnist.safetensors] [--device cuda]
         [--max-bucket 1024] [--small]
@@ -31,6 +32,7 @@ from ddpm_core.device import pick_device  # noqa: E402
 from ddpm_core.pipeline import generate  # noqa: E402
 from ddpm_core.samplers import make_sampler  # noqa: E402
 from worker.engine import Engine, EngineRequest  # noqa: E402
+from worker.request_state import OutputPlan  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -108,6 +110,7 @@ def main() -> None:
     rows.append(("rows/s per bucket (compiled)", ", ".join(rates)))
 
     request = EngineRequest(n=1, sampler="ddim", steps=steps, digit=3, guidance=0.5, seed=11)
+    every_step = frozenset(range(1, steps + 1))
     with Engine(model, schedule, sample_shape=shape, forward=compiled, max_batch=max_bucket) as engine:
         alone = engine.submit(request).result(600)
         others = [
@@ -120,21 +123,24 @@ def main() -> None:
         difference = ((alone - batched).abs().mean() * 127.5).item()
         rows.append(("job alone vs in a 16-job batch: mean abs difference (of 255)", f"{difference:.3f}"))
 
-        before = engine.stats()
-        started = time.perf_counter()
-        jobs = [engine.submit(EngineRequest(n=1, sampler="ddim", steps=steps, digit=1, seed=i)) for i in range(16)]
-        for job in jobs:
-            job.result(600)
-        total_s = time.perf_counter() - started
-        after = engine.stats()
-        forward_s = after.busy_seconds - before.busy_seconds
-        ticks = after.ticks - before.ticks
-        rows.append(
-            (
-                "16 jobs: wall s / engine step s / ticks (the rest: callbacks, copies, Python)",
-                f"{total_s:.2f} / {forward_s:.2f} / {ticks}",
+        for label, plan in (("off", None), ("on, every step", OutputPlan(every_step, every_step))):
+            before = engine.stats()
+            started = time.perf_counter()
+            jobs = [
+                engine.submit(EngineRequest(n=1, sampler="ddim", steps=steps, digit=1, seed=i), outputs=plan)
+                for i in range(16)
+            ]
+            for job in jobs:
+                job.result(600)
+            total_s = time.perf_counter() - started
+            after = engine.stats()
+            rows.append(
+                (
+                    f"16 jobs, frames and previews {label}: wall s / engine busy s / ticks / host copies",
+                    f"{total_s:.2f} / {after.busy_seconds - before.busy_seconds:.2f} / "
+                    f"{after.ticks - before.ticks} / {after.host_copies - before.host_copies}",
+                )
             )
-        )
 
         started = time.perf_counter()
         sixteen = engine.submit(EngineRequest(n=16, sampler="ddpm", digit=7, guidance=0.5, seed=1))
