@@ -2,8 +2,8 @@
 printing one table: what the device is, how long each bucket takes to warm, how far the
 compiled forward is from eager fp32, whether a job alone equals the same job in a 16-job batch,
 where a tick's time goes (with every job's frames and previews copied to the host at every
-step, and without), rows/s per bucket, two engines on two threads, memory, 16 digits with DDPM
-1000 and guidance, and digits/s at 1000 steps under 64 concurrent jobs.
+step, and without), rows/s per bucket, two engines on one device thread, memory, 16 digits
+with DDPM 1000 and guidance, and digits/s at 1000 steps under 64 concurrent jobs.
 
     python benchmarks/gpu_smoke.py [--checkpoint checkpoints/mnist.safetensors] [--device cuda]
         [--max-bucket 1024] [--small]
@@ -31,6 +31,7 @@ from ddpm_core.compiled import BucketedForward, dummy_inputs, power_of_two_bucke
 from ddpm_core.device import pick_device  # noqa: E402
 from ddpm_core.pipeline import generate  # noqa: E402
 from ddpm_core.samplers import make_sampler  # noqa: E402
+from worker.device_thread import DeviceThread  # noqa: E402
 from worker.engine import Engine, EngineRequest  # noqa: E402
 from worker.request_state import OutputPlan  # noqa: E402
 
@@ -169,10 +170,20 @@ def main() -> None:
     if device.type == "cuda":
         rows.append(("memory reserved after warm-up (MB)", f"{torch.cuda.memory_reserved(device) / 2**20:.0f}"))
 
-    # two engines of the same model on two threads, 200 ticks each
+    # two engines of the same model, as a worker runs them: on its device's one thread, 200 ticks each,
+    # driven by two client threads at once
     second = BucketedForward(model, sample_shape=shape, compile=compile, max_batch=max_bucket, buckets=buckets)
+    device_thread = DeviceThread(f"smoke-{device}")
     engines = [
-        Engine(model, schedule, sample_shape=shape, forward=forward, max_batch=max_bucket, name=f"smoke-{i}")
+        Engine(
+            model,
+            schedule,
+            sample_shape=shape,
+            forward=forward,
+            max_batch=max_bucket,
+            name=f"smoke-{i}",
+            device_thread=device_thread,
+        )
         for i, forward in enumerate((compiled, second))
     ]
     engines[1].warmup(timeout=3600)
@@ -194,7 +205,12 @@ def main() -> None:
     for thread in threads:
         thread.join()
     agree = len(outputs) == 2 and torch.allclose(outputs[0], outputs[1], atol=1e-3)
-    rows.append(("two engines on two threads: errors; outputs equal", f"{len(failures)} {failures[:1]}; {agree}"))
+    rows.append(
+        (
+            "two engines on one device thread, two clients: errors; outputs equal",
+            f"{len(failures)} {failures[:1]}; {agree}",
+        )
+    )
     for engine in engines:
         engine.close(timeout=60)
     if device.type == "cuda":

@@ -1,7 +1,8 @@
 """The worker's inference engine: step-level batching of generation jobs over one model.
 
 An :class:`Engine` owns one model (and its forward, e.g. a compiled
-:class:`~ddpm_core.compiled.BucketedForward`) and one background thread. Jobs are submitted
+:class:`~ddpm_core.compiled.BucketedForward`) and takes turns on its device's one thread
+(:class:`~worker.device_thread.DeviceThread`, shared by every engine on that device). Jobs are submitted
 with :meth:`Engine.submit` from any thread and get an :class:`EngineJob` handle. At every
 *tick* the thread runs ONE batched forward over all jobs in flight and advances each by one
 step; a job joins between ticks and leaves as soon as it is done, cancelled or failed. Jobs of
@@ -48,6 +49,7 @@ from ddpm_core.batching import Forward
 from ddpm_core.compiled import DEFAULT_MAX_BATCH, BucketedForward
 from ddpm_core.errors import GenerationCancelled
 from ddpm_core.schedule import NoiseSchedule
+from worker.device_thread import DeviceThread
 from worker.engine_stats import EngineStats
 from worker.executor import StepExecutor, TickTimer, is_fatal_device_error
 from worker.outputs import JobOutput, OutputProcessor
@@ -90,6 +92,8 @@ class Engine:
         on_fatal: called with a forward's error that leaves the device unusable (a CUDA error
             but out-of-memory: :func:`~worker.executor.is_fatal_device_error`) after its jobs
             failed; a worker ends its process there, so that it is restarted.
+        device_thread: the thread that drives every engine on this device, shared
+            (:class:`~worker.device_thread.DeviceThread`); None: a thread of its own.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class Engine:
         name: str = "ddpm-engine",
         start: bool = True,
         on_fatal: Callable[[BaseException], None] | None = None,
+        device_thread: DeviceThread | None = None,
     ) -> None:
         parameter = next(model.parameters())
         self.on_fatal = on_fatal
@@ -122,7 +127,6 @@ class Engine:
         self._outputs = OutputProcessor(self.sample_shape, self.device)
         # the lock guards the scheduler, the live jobs, the calls, the flags and the counters
         self._lock = threading.Lock()
-        self._wakeup = threading.Condition(self._lock)
         self._scheduler = Scheduler(self.max_batch)
         self._live_jobs: dict[int, LiveJob] = {}
         self._calls: deque[EngineCall] = deque()
@@ -130,7 +134,9 @@ class Engine:
         self._closing = False
         self._drain = False
         self._stats = EngineStats(max_batch=self.max_batch)
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._driver = device_thread if device_thread is not None else DeviceThread(name)
+        self._started = False
+        self._stopped = threading.Event()
         if start:
             self.start()
 
@@ -156,8 +162,12 @@ class Engine:
     # ----------------------------------------------------------------- public API
 
     def start(self) -> None:
-        """Start the engine thread (once)."""
-        self._thread.start()
+        """Start taking turns on the device thread (once)."""
+        with self._lock:
+            if self._started:
+                raise RuntimeError(f"engine {self.name} is already started")
+            self._started = True
+        self._driver.attach(self)
 
     def submit(
         self,
@@ -194,7 +204,7 @@ class Engine:
             self._live_jobs[state.id] = LiveJob(job, generation, on_step, on_start, outputs, on_output)
             self._scheduler.add(state.id, state.rows, state.total, state.deadline)
             self._stats.submitted += 1
-            self._wakeup.notify()
+        self._driver.wake()
         return job
 
     def queue_position(self, job: EngineJob) -> int | None:
@@ -235,33 +245,39 @@ class Engine:
         return self.call_on_engine_thread(lambda: self._executor.probe(self.model), timeout=timeout)
 
     def call_on_engine_thread(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
-        """Run ``fn()`` on the engine thread between ticks and return its result (or raise its error)."""
-        if threading.current_thread() is self._thread:
+        """Run ``fn()`` on the device thread between ticks and return its result (or raise its error)."""
+        if self._driver.is_current():
             return fn()
         call = EngineCall(fn)
         with self._lock:
-            if self._thread.ident is None:
+            if not self._started:
                 raise RuntimeError(f"engine {self.name} is not started")
             if self._closing:
                 raise EngineClosed(f"engine {self.name} is closed")
             self._calls.append(call)
-            self._wakeup.notify()
+        self._driver.wake()
         return call.future.result(timeout)
 
     def close(self, *, drain: bool = False, timeout: float | None = None) -> None:
-        """Stop accepting jobs and stop the thread. Jobs still queued or running end with
+        """Stop accepting jobs and leave the device thread. Jobs still queued or running end with
         :class:`EngineClosed`, or (``drain=True``) run to the end first. Waits up to
-        ``timeout`` seconds for the thread."""
+        ``timeout`` seconds for the engine to stop."""
         with self._lock:
             self._closing = True
             self._drain = drain
-            self._wakeup.notify()
-        if threading.current_thread() is self._thread:
-            return  # called from a callback: the thread stops after this tick
-        if self._thread.ident is not None:
-            self._thread.join(timeout)
-        else:  # never started: nothing runs the queue, end its jobs here
+            started = self._started
+        if not started:  # never started: nothing runs the queue, end its jobs here
             self._drop_all(EngineClosed(f"engine {self.name} closed before it started"))
+            self._stopped.set()
+            return
+        self._driver.wake()
+        if self._driver.is_current():
+            return  # called from a callback: the engine stops at its next turn
+        self._stopped.wait(timeout)
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` s for the engine to stop (closed or crashed); whether it has."""
+        return self._stopped.wait(timeout)
 
     def __enter__(self) -> Engine:
         return self
@@ -275,42 +291,49 @@ class Engine:
         """A handle's cancel (any thread): the scheduler drops the job before the next tick."""
         with self._lock:
             self._scheduler.cancel(job_id)
-            self._wakeup.notify()
+        self._driver.wake()
 
-    def _run(self) -> None:
-        error: BaseException = EngineClosed(f"engine {self.name} closed before the job finished")
+    def wants_turn(self) -> bool:
+        """Whether the engine has calls, jobs or a close to act on (the device thread asks)."""
+        with self._lock:
+            return bool(self._calls or self._scheduler.has_work or self._closing)
+
+    def turn(self) -> bool:
+        """One turn on the device thread: the pending calls, then one tick (schedule, execute,
+        update, emit); False once the engine has stopped (closed, or crashed: a bug in the
+        engine itself fails every job it holds and refuses new ones)."""
         try:
-            with torch.inference_mode():
-                self._loop()
-        except BaseException as crash:  # a bug in the engine itself: fail every job, refuse new ones
-            logger.exception("engine %s crashed", self.name)
-            error = EngineClosed(f"engine {self.name} crashed: {type(crash).__name__}: {crash}")
-            error.__cause__ = crash
-        finally:
             with self._lock:
-                self._closing = True
-                leftover = list(self._calls)
-                self._calls.clear()
-            for call in leftover:
-                call.future.set_exception(EngineClosed(f"engine {self.name} is closed"))
-            self._drop_all(error)
-            logger.info("engine %s stopped", self.name)
-
-    def _loop(self) -> None:
-        while True:
-            with self._lock:
-                while not (self._calls or self._scheduler.has_work or self._closing):
-                    self._wakeup.wait()
                 calls = list(self._calls)
                 self._calls.clear()
                 stop = self._closing and not (self._drain and self._scheduler.has_work)
             for call in calls:
                 call.run()
             if stop:
-                return
+                self._stop(EngineClosed(f"engine {self.name} closed before the job finished"))
+                return False
             running = self._schedule()
             if running:
                 self._tick(running)
+            return True
+        except BaseException as crash:
+            logger.exception("engine %s crashed", self.name)
+            error = EngineClosed(f"engine {self.name} crashed: {type(crash).__name__}: {crash}")
+            error.__cause__ = crash
+            self._stop(error)
+            return False
+
+    def _stop(self, error: EngineClosed) -> None:
+        """End the engine: refuse new jobs and calls, end every job still held with ``error``."""
+        with self._lock:
+            self._closing = True
+            leftover = list(self._calls)
+            self._calls.clear()
+        for call in leftover:
+            call.future.set_exception(EngineClosed(f"engine {self.name} is closed"))
+        self._drop_all(error)
+        self._stopped.set()
+        logger.info("engine %s stopped", self.name)
 
     def _schedule(self) -> list[LiveJob]:
         """Schedule: end the jobs the scheduler dropped (cancelled, past their time limit),

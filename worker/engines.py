@@ -1,7 +1,9 @@
 """The engines of one worker process: one :class:`~worker.engine.Engine` per loaded model
 (keyed by the SHA-256 of its weights), built with the settings' batch cap.
 
-An engine serves eager forwards from the moment its model is loaded and has run one forward
+Every engine of one device takes its turns on that device's one thread
+(:class:`~worker.device_thread.DeviceThread`): compiled CUDA graphs are never driven from two
+threads. An engine serves eager forwards from the moment its model is loaded and has run one forward
 (which proves the model runs); the pool then hands it to the process's
 :class:`~worker.compiler.BucketCompiler`, which compiles its buckets in the background.
 
@@ -22,11 +24,14 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+import torch
+
 from contract.settings import Settings
 from contract.spec import JobSpec
 from ddpm_core.checkpoint import LoadedCheckpoint
 from ddpm_core.compiled import BucketedForward, power_of_two_buckets, resolve_forward_options
 from worker.compiler import BucketCompiler
+from worker.device_thread import DeviceThread
 from worker.engine import Engine, EngineStats
 from worker.models import ModelCache
 
@@ -73,6 +78,7 @@ class EnginePool:
         self._failures: dict[str, _Failure] = {}
         self._last_used: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._device_threads: dict[str, DeviceThread] = {}  # one per device, shared by its engines
 
     def for_spec(self, spec: JobSpec) -> tuple[LoadedCheckpoint, Engine]:
         """The model ``spec`` names (its exact weights) and the engine that runs it.
@@ -156,7 +162,13 @@ class EnginePool:
             max_batch=forward.max_batch,
             name=f"engine-{name}-{loaded.weights_sha256[:8]}",
             on_fatal=exit_for_device_error,
+            device_thread=self._device_thread(device),
         )
+
+    def _device_thread(self, device: torch.device) -> DeviceThread:
+        """The one thread that drives every engine on ``device``."""
+        with self._lock:
+            return self._device_threads.setdefault(str(device), DeviceThread(f"ddpm-device-{device}"))
 
     def _take_idle(self) -> list[tuple[str, Engine]]:
         """Past ``max_loaded_models``, the least recently used engines that hold no job and were

@@ -303,7 +303,7 @@ def test_close_stops_the_thread_and_ends_the_jobs_left(model):
     closer.start()
     release.set()
     closer.join(WAIT)
-    assert not engine._thread.is_alive()
+    assert engine.wait_stopped(0)
     for job in (running, queued):
         with pytest.raises(EngineClosed):
             job.result(WAIT)
@@ -359,8 +359,7 @@ def test_close_from_a_callback(model):
     job = engine.submit(REQUESTS[4], on_step=lambda info: engine.close())
     with pytest.raises(EngineClosed):
         job.result(WAIT)
-    engine._thread.join(WAIT)
-    assert not engine._thread.is_alive() and job.step == 1
+    assert engine.wait_stopped(WAIT) and job.step == 1
 
 
 def test_a_job_past_its_time_limit_is_stopped_and_fails_while_the_others_go_on(model):

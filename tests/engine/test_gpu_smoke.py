@@ -27,7 +27,7 @@ def test_the_gpu_smoke_benchmark_runs_small_on_the_cpu() -> None:
     assert table["device"] == "cpu"
     assert float(table["job alone vs in a 16-job batch: mean abs difference (of 255)"]) < 1.0
     assert float(table["engine vs generate(), one job: mean abs difference (of 255)"]) < 1.0
-    assert table["two engines on two threads: errors; outputs equal"] == "0 []; True"
+    assert table["two engines on one device thread, two clients: errors; outputs equal"] == "0 []; True"
     assert len(table) >= 12, table
     # with every job's frames and previews due at every step: one host copy per tick, not per job
     on = table["16 jobs, frames and previews on, every step: wall s / engine busy s / ticks / host copies"]
