@@ -63,7 +63,9 @@ SCATTER_PREVIEW_SIDE = 128  # px, a point model's preview
 
 
 class JobChannel:
-    """What the engine thread leaves for the job's thread: GIF frames and step updates."""
+    """What the engine thread leaves for the job's thread: each step as host data. The job's
+    thread turns them into GIF frames and preview updates (:meth:`take`), so the device thread
+    only queues them."""
 
     def __init__(self, total: int, is_points: bool, settings: Settings) -> None:
         self.total = total
@@ -74,7 +76,7 @@ class JobChannel:
         )
         count = settings.preview_count
         self.preview_every = max(1, total // count) if count else 0
-        self._updates: queue.SimpleQueue[tuple[int, np.ndarray | None]] = queue.SimpleQueue()
+        self._steps: queue.SimpleQueue[HostStep] = queue.SimpleQueue()
 
     def plan(self, reader: Reader | None = None) -> OutputPlan:
         """What the engine copies to the host for this job: its frames, its previews, and (with
@@ -83,23 +85,28 @@ class JobChannel:
         return OutputPlan(frozenset(self.recorder.steps), frozenset(previews), reader)
 
     def on_output(self, info: HostStep) -> None:
-        """On the engine thread, after each step: keep the frame, pass the preview on (host arrays)."""
-        if info.sample is not None:
-            self.recorder(info)
-        preview = self.preview_every and info.step % self.preview_every == 0 and info.step < self.total
-        self._updates.put((info.step, info.pred_original_sample if preview else None))
+        """On the device thread, after each step: queue it for the job's thread."""
+        self._steps.put(info)
 
     def take(self, timeout: float) -> list[tuple[int, np.ndarray | None]]:
-        """The updates since the last call, waiting up to ``timeout`` s for the first."""
+        """On the job's thread: the steps since the last call (waiting up to ``timeout`` s for the
+        first), their frames kept; (step, preview or None) for each."""
         try:
-            updates = [self._updates.get(timeout=timeout)]
+            steps = [self._steps.get(timeout=timeout)]
         except queue.Empty:
             return []
         while True:
             try:
-                updates.append(self._updates.get_nowait())
+                steps.append(self._steps.get_nowait())
             except queue.Empty:
-                return updates
+                break
+        updates = []
+        for info in steps:
+            if info.sample is not None:
+                self.recorder(info)
+            preview = self.preview_every and info.step % self.preview_every == 0 and info.step < self.total
+            updates.append((info.step, info.pred_original_sample if preview else None))
+        return updates
 
 
 class JobReporter:
