@@ -34,3 +34,7 @@ def test_the_gpu_smoke_benchmark_runs_small_on_the_cpu() -> None:
     _, _, ticks, copies = (part.strip() for part in on.split("/"))
     assert int(ticks) > 16 and int(copies) == int(ticks)
     assert table["16 jobs, frames and previews off: wall s / engine busy s / ticks / host copies"].endswith("/ 0")
+    # the stated tolerance of each precision the device runs (on a CPU: fp32), alone and batched
+    for label in ("alone", "in a batch"):
+        mean, largest = table[f"fp32: job {label} vs generate() fp32, mean / max difference (of 255)"].split("/")
+        assert float(mean) < 1.0 and float(largest) < 2.0
