@@ -289,7 +289,8 @@ def test_load_classifier_rejects_other_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """A synthetic 10-class MNIST, a diffusion checkpoint trained for 20 steps and a tiny classifier."""
+    """A synthetic 10-class MNIST, a diffusion checkpoint trained for 4 steps (the evaluation needs a
+    checkpoint, not a good one) and a tiny classifier."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("evaluate")
     data = root / "mnist"
@@ -297,7 +298,7 @@ def workspace(tmp_path_factory):
     code = main(
         [
             "train", "--dataset", "mnist", "--data-dir", str(data), "--out", str(root / "run"),
-            "--max-steps", "20", "--batch-size", "16", "--base-channels", "8", "--channel-mult", "1,2",
+            "--max-steps", "4", "--batch-size", "16", "--base-channels", "8", "--channel-mult", "1,2",
             "--attention-resolutions", "", "--num-train-timesteps", "50", "--no-progress", "--device", "cpu",
         ]
     )  # fmt: skip

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from api.routes import events
 from serve.redis_server import EmbeddedRedis
 from tests.api.test_requests import app_client, model_dir  # noqa: F401  (fixture)
 
@@ -44,7 +45,8 @@ def test_a_bad_or_out_of_range_last_event_id_is_400(client: TestClient, event_id
     assert answer.status_code == 400 and "Last-Event-ID" in answer.json()["message"]
 
 
-def test_the_largest_valid_event_id_streams_cleanly(client: TestClient) -> None:
+def test_the_largest_valid_event_id_streams_cleanly(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events, "BLOCK_MS", 100)  # the stream's idle read (5 s) before it looks at the job
     job_id = client.post("/generate", json={"n": 1, "sampler": "ddim"}).json()["id"]
     client.delete(f"/jobs/{job_id}")  # ended: a stream after the last possible id ends at once
     with client.stream("GET", f"/jobs/{job_id}/events", headers={"Last-Event-ID": f"{2**64 - 1}-{2**64 - 1}"}) as r:

@@ -157,8 +157,6 @@ def test_the_queue_cap_is_atomic_under_concurrent_submissions(settings: Settings
     assert client.zcard(f"{settings.key_prefix}:queue") == 32
 
 
-
-
 def test_a_queued_job_is_resent_only_when_the_broker_lost_its_message(
     settings: Settings, worker_store: JobStore
 ) -> None:

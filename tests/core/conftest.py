@@ -6,15 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from ddpm_core.data import write_idx
-
-
-@pytest.fixture(autouse=True)
-def _few_threads():
-    torch.set_num_threads(2)
-    yield
 
 
 def digit_strokes(digit: int, jitter: int = 0) -> np.ndarray:

@@ -186,6 +186,7 @@ def test_a_huge_config_is_refused_before_allocation(tmp_path):
     assert time.perf_counter() - started < 20
 
 
+@pytest.mark.e2e  # a real process under an address-space limit
 def test_sample_on_a_crafted_header_is_one_line_and_bounded(huge_empty):
     """The CLI refuses the file in one line, within a 2 GiB address space (the bug grew to 6.7 GB)."""
 

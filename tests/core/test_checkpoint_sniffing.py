@@ -21,10 +21,13 @@ CONFIG = UNetConfig(
 MUST_PASS = (0x80, 0x00, 0x50, 0x7B, 0xFF)  # PROTO, a zero byte, 'P' (as in PK), '{', the top
 
 
-def save(path, dataset="d"):
-    torch.manual_seed(0)
+def save(path, dataset="d", model=None):
+    """Save ``model`` (default: a fresh U-Net of CONFIG, seed 0) as a checkpoint of ``dataset``."""
+    if model is None:
+        torch.manual_seed(0)
+        model = UNet(CONFIG)
     return save_checkpoint(
-        path, UNet(CONFIG), NoiseSchedule.linear(10), class_names=["a", "b"], sample_shape=(1, 8, 8), dataset=dataset
+        path, model, NoiseSchedule.linear(10), class_names=["a", "b"], sample_shape=(1, 8, 8), dataset=dataset
     )
 
 
@@ -34,14 +37,16 @@ def header_length(path):
 
 def test_checkpoints_saved_with_every_header_length_residue_load(tmp_path):
     """Real saves, the dataset name padded until the header length's low byte takes every value it can."""
+    torch.manual_seed(0)
+    model = UNet(CONFIG)  # one model, saved under ever longer dataset names
     found = {}
     for extra in range(264):
-        path = save(tmp_path / "probe.safetensors", dataset="d" + "x" * extra)
+        path = save(tmp_path / "probe.safetensors", dataset="d" + "x" * extra, model=model)
         found.setdefault(header_length(path) % 256, extra)
     assert {0x80, 0x00, 0x50} <= set(found)  # safetensors pads headers to 8 bytes: 32 residues are reachable
     assert len(found) >= 32
     for residue, extra in sorted(found.items()):
-        path = save(tmp_path / f"m{residue:02x}.safetensors", dataset="d" + "x" * extra)
+        path = save(tmp_path / f"m{residue:02x}.safetensors", dataset="d" + "x" * extra, model=model)
         assert path.read_bytes()[0] == residue
         assert read_raw_header(path)["__metadata__"]["dataset"] == "d" + "x" * extra
         assert read_checkpoint_info(path)["class_names"] == ["a", "b"]

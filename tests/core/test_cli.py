@@ -1,4 +1,5 @@
-"""The ``ddpm`` command end to end, in subprocesses, on data the tests write."""
+"""The ``ddpm`` command on data the tests write: end to end in subprocesses (train, sample, export
+a real run: marked e2e), and its one-line errors and subcommand discovery in-process (fast)."""
 
 import json
 import os
@@ -66,6 +67,7 @@ def trained_run(tmp_path_factory):
     return root
 
 
+@pytest.mark.e2e  # the ddpm command in subprocesses, on a run trained by one
 def test_train_writes_checkpoint_log_and_samples(trained_run):
     run = trained_run / "run"
     assert (run / "model.safetensors").is_file() and (run / "train_state.json").is_file()
@@ -75,6 +77,7 @@ def test_train_writes_checkpoint_log_and_samples(trained_run):
     assert (run / "samples" / "step_0000012.png").is_file()
 
 
+@pytest.mark.e2e  # the ddpm command in subprocesses, on a run trained by one
 def test_sample_all_classes(trained_run):
     out = trained_run / "all.npy"
     ddpm(
@@ -100,6 +103,7 @@ def test_sample_all_classes(trained_run):
     assert height > 4 * width  # ten rows of two
 
 
+@pytest.mark.e2e  # the ddpm command in subprocesses, on a run trained by one
 def test_sample_writes_png_gif_and_npy(trained_run):
     out = trained_run / "out"
     ddpm(
@@ -155,6 +159,26 @@ def test_sample_writes_png_gif_and_npy(trained_run):
     np.testing.assert_array_equal(np.load(again), samples)
 
 
+def tiny_checkpoint(path, num_classes):
+    """An untrained 8x8 U-Net checkpoint: the sample errors need a model, not a trained one."""
+    classes = [str(digit) for digit in range(num_classes)]
+    config = UNetConfig(
+        image_size=8, base_channels=8, channel_mult=(1,), attention_resolutions=(), num_classes=num_classes,
+        norm_groups=4,
+    )  # fmt: skip
+    save_checkpoint(
+        path, UNet(config), NoiseSchedule.linear(10), class_names=classes, sample_shape=(1, 8, 8), dataset="test"
+    )
+    return path
+
+
+def in_process(capsys, *args):
+    """``ddpm ARGS`` in this process: its exit status and the lines it wrote to stderr."""
+    capsys.readouterr()
+    code = cli.main([str(arg) for arg in args])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -166,47 +190,54 @@ def test_sample_writes_png_gif_and_npy(trained_run):
         (["--checkpoint", "{uncond}", "--digit", "1", "--png", "x.png"], "unconditional"),
     ],
 )
-def test_sample_errors_are_one_clear_line(trained_run, args, message):
-    pickle_path = trained_run / "model.pt"
+def test_sample_errors_are_one_clear_line(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)  # x.png, were it ever written
+    pickle_path = tmp_path / "model.pt"
     torch.save({"w": torch.zeros(1)}, pickle_path)
-    uncond = trained_run / "uncond.safetensors"
-    save_checkpoint(
-        uncond,
-        UNet(
-            UNetConfig(
-                image_size=8, base_channels=8, channel_mult=(1,), attention_resolutions=(), num_classes=0, norm_groups=4
-            )
-        ),
-        NoiseSchedule.linear(10),
-        class_names=[],
-        sample_shape=(1, 8, 8),
-        dataset="test",
-    )
     paths = {
-        "missing": trained_run / "nope.safetensors",
-        "run": trained_run / "run" / "model.safetensors",
+        "missing": tmp_path / "nope.safetensors",
+        "run": tiny_checkpoint(tmp_path / "digits.safetensors", num_classes=10),
         "pickle": pickle_path,
-        "uncond": uncond,
+        "uncond": tiny_checkpoint(tmp_path / "uncond.safetensors", num_classes=0),
     }
-    result = ddpm("sample", *[a.format(**paths) for a in args], check=False)
-    assert result.returncode != 0
+    code, lines = in_process(capsys, "sample", *[a.format(**paths) for a in args])
+    assert code != 0
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in "\n".join(lines), lines
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_bad_options_fail_cleanly(tmp_path, capsys):
+    code, lines = in_process(capsys, "train", "--dataset", "imagenet", "--out", tmp_path)
+    assert code != 0 and "unknown dataset" in lines[-1] and "Traceback" not in "\n".join(lines)
+    with pytest.raises(SystemExit) as exited:  # argparse's own error: exit status 2
+        cli.main(["sample", "--checkpoint", "x", "--n", "many"])
+    assert exited.value.code == 2 and "invalid int value" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (broken / name).write_bytes(b"garbage")
+    code, lines = in_process(capsys, "train", "--dataset", "mnist", "--data-dir", broken, "--out", tmp_path / "r")
+    assert code != 0 and "not an IDX file" in lines[-1] and "Traceback" not in "\n".join(lines)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.e2e  # real processes: what a user of the command sees
+def test_the_command_fails_in_one_line_with_status_2(tmp_path):
+    result = ddpm("sample", "--checkpoint", tmp_path / "nope.safetensors", "--png", tmp_path / "x.png", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
-
-
-def test_bad_options_fail_cleanly(tmp_path):
-    result = ddpm("train", "--dataset", "imagenet", "--out", tmp_path, check=False)
-    assert result.returncode != 0 and "unknown dataset" in result.stderr and "Traceback" not in result.stderr
+    assert len(lines) == 1 and lines[0].startswith("ddpm: error: ") and "does not exist" in lines[0], lines
     result = ddpm("sample", "--checkpoint", "x", "--n", "many", check=False)
-    assert result.returncode == 2 and "invalid int value" in result.stderr
+    assert result.returncode == 2 and "invalid int value" in result.stderr and "Traceback" not in result.stderr
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
         (broken / name).write_bytes(b"garbage")
     result = ddpm("train", "--dataset", "mnist", "--data-dir", broken, "--out", tmp_path / "r", check=False)
-    assert result.returncode != 0 and "not an IDX file" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "not an IDX file" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.e2e  # the ddpm command in subprocesses, on a run trained by one
 def test_export_sets_the_default_guidance(trained_run):
     from ddpm_core import load_checkpoint
 

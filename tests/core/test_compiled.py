@@ -121,8 +121,9 @@ def test_padding_does_not_change_the_real_rows(model):
         )
 
 
+@pytest.mark.e2e  # a real inductor compile (a C++ toolchain run): tens of seconds on 2 cores
 def test_compile_on_cpu_pads_instead_of_recompiling():
-    """One bucket (one compile, a few seconds): every batch of 1..4 rows reuses it."""
+    """One bucket (one compile): every batch of 1..4 rows reuses it."""
     small = perturbed(
         UNetConfig(
             image_size=8,

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from ddpm_core import DDPMSampler, NoiseSchedule, UNet, UNetConfig, generate
@@ -49,15 +50,18 @@ def make_trainer(run_dir, data, steps, **overrides):
 
 
 def test_resume_is_exact(tmp_path):
+    """6 steps straight equal 3 + 3 resumed: the split is past the warm-up (2 steps) and in the middle
+    of the second pass over the 9 images (batches of 8), so the step, the learning-rate schedule, the
+    data order and the random generators must all come back."""
     data_dir = write_mnist_like(tmp_path / "mnist", [0, 1, 7], copies=3)
-    straight = make_trainer(tmp_path / "straight", load_mnist_data(data_dir), 10)
+    straight = make_trainer(tmp_path / "straight", load_mnist_data(data_dir), 6)
     straight.train()
-    first = make_trainer(tmp_path / "split", load_mnist_data(data_dir), 5)
+    first = make_trainer(tmp_path / "split", load_mnist_data(data_dir), 3)
     first.train()
     torch.manual_seed(123)  # disturb the global RNG: resume must restore it
-    second = make_trainer(tmp_path / "split", load_mnist_data(data_dir), 10)
+    second = make_trainer(tmp_path / "split", load_mnist_data(data_dir), 6)
     second.resume()
-    assert second.step == 5
+    assert second.step == 3
     second.train()
     for name, tensor in straight.model.state_dict().items():
         torch.testing.assert_close(second.model.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
@@ -65,6 +69,7 @@ def test_resume_is_exact(tmp_path):
         torch.testing.assert_close(second.ema.shadow.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.e2e  # trains a real model: 2500 steps
 def test_checkerboard_trains_end_to_end(tmp_path):
     """A small MLP learns the board: at least 90% of 2000 samples land on black squares."""
     torch.manual_seed(0)
@@ -92,6 +97,7 @@ def test_checkerboard_trains_end_to_end(tmp_path):
     assert len(occupied & {(i, j) for i in range(4) for j in range(4) if (i + j) % 2 == 0}) == 8
 
 
+@pytest.mark.e2e  # trains a real model: 600 steps of a U-Net
 def test_tiny_unet_fits_a_few_digits(tmp_path):
     """Trained on three shapes written as IDX files, the model draws each class close to its own image."""
     torch.set_num_threads(1)

@@ -2,12 +2,15 @@
 
 A redis-server on a free port, a tiny (untrained, 10-class, 200-step) checkpoint named
 ``mnist``, a Celery worker subprocess and the API under uvicorn on a free port, all for the
-session. Logs of the worker and API go to ``test-artifacts/service/``.
+session; and for a test that writes models, a model directory and a stack of its own
+(``own_model_dir``, ``own_stack``). Logs of the worker and API go to ``test-artifacts/service/``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -57,9 +60,24 @@ def make_tiny_checkpoint(path: Path, num_train_timesteps: int = TIMESTEPS) -> Pa
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's model directory, the tiny ``mnist`` model alone, read by the session's API and
+    worker and by many a test's own stack. Read-only: a test that writes models writes them into
+    ``own_model_dir``; the teardown checks that nobody wrote here."""
     directory = tmp_path_factory.mktemp("models")
     make_tiny_checkpoint(directory / "mnist.safetensors")
+    yield directory
+    written = sorted(path.name for path in directory.iterdir())
+    assert written == ["mnist.safetensors"], f"a test wrote into the shared model directory: {written}"
+
+
+@pytest.fixture()
+def own_model_dir(model_dir: Path, tmp_path: Path) -> Path:
+    """A model directory of the test's own, starting with a copy of the tiny ``mnist`` model: the
+    models a test writes here are seen by its own processes only (start them with ``own_stack``)."""
+    directory = tmp_path / "models"
+    directory.mkdir()
+    shutil.copyfile(model_dir / "mnist.safetensors", directory / "mnist.safetensors")
     return directory
 
 
@@ -129,6 +147,23 @@ def start_api(env: dict[str, str], log_name: str = "api.log") -> tuple[subproces
         time.sleep(0.2)
     stop_process(process, "API")
     raise RuntimeError("the API did not start")
+
+
+@contextlib.contextmanager
+def own_stack(redis_url: str, model_dir: Path, prefix: str, log_name: str) -> Iterator[str]:
+    """A worker and the API of their own (key prefix and queue ``prefix``) over ``model_dir``; the
+    API's URL. Logs: ``worker-LOG_NAME.log`` and ``api-LOG_NAME.log``."""
+    env = service_env(redis_url, model_dir, DDPM_KEY_PREFIX=prefix, DDPM_QUEUE_NAME=prefix)
+    worker = start_logged(worker_command(queue=prefix), env, f"worker-{log_name}.log")
+    try:
+        api, base = start_api(env, f"api-{log_name}.log")  # while the worker loads torch
+        try:
+            wait_for_worker(redis_url, worker, prefix)
+            yield base
+        finally:
+            stop_process(api, "API")
+    finally:
+        stop_process(worker, "worker", grace=15)
 
 
 @pytest.fixture(scope="session")

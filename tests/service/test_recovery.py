@@ -24,6 +24,7 @@ from serve.command import worker_command
 from serve.redis_server import EmbeddedRedis
 from tests.service.conftest import (
     KEY_PREFIX,
+    own_stack,
     service_env,
     start_api,
     start_logged,
@@ -33,19 +34,22 @@ from tests.service.conftest import (
 )
 
 
-def test_a_job_that_raises_ends_failed_with_its_message(client: httpx.Client, model_dir: Path) -> None:
+def test_a_job_that_raises_ends_failed_with_its_message(redis_server: EmbeddedRedis, own_model_dir: Path) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    with safe_open(model_dir / "mnist.safetensors", framework="pt") as handle:
+    with safe_open(own_model_dir / "mnist.safetensors", framework="pt") as handle:
         metadata = dict(handle.metadata())
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     metadata["class_names"] = json.dumps([str(digit) for digit in range(9)])  # 9 names, 10 classes
-    broken = model_dir / "broken.safetensors"
+    broken = own_model_dir / "broken.safetensors"
     save_file(tensors, str(broken), metadata=metadata)  # a sound header: only loading the model fails
-    truncated = model_dir / "truncated.safetensors"
-    truncated.write_bytes((model_dir / "mnist.safetensors").read_bytes()[:-64])
-    try:
+    truncated = own_model_dir / "truncated.safetensors"
+    truncated.write_bytes((own_model_dir / "mnist.safetensors").read_bytes()[:-64])
+    with (
+        own_stack(redis_server.url, own_model_dir, "ddpmraise", "raise") as base,
+        httpx.Client(base_url=base, timeout=30) as client,
+    ):
         refused = client.post("/generate", json={"model": "truncated", "n": 1})
         assert refused.status_code == 422 and "truncated.safetensors" in refused.json()["message"]
         job = client.post("/generate", json={"model": "broken", "n": 1, "sampler": "ddim", "steps": 10})
@@ -53,14 +57,11 @@ def test_a_job_that_raises_ends_failed_with_its_message(client: httpx.Client, mo
         record = wait_job(client, job.json()["id"])
         assert record["status"] == "failed"
         assert "class names" in record["error"] and "Traceback" not in record["error"]
-        assert "broken.safetensors" in record["error"] and str(model_dir) not in record["error"]
+        assert "broken.safetensors" in record["error"] and str(own_model_dir) not in record["error"]
         assert client.get(f"/jobs/{record['id']}/png").status_code == 409
         # the worker survives and takes the next job
         follow = client.post("/generate", json={"n": 1, "sampler": "ddim", "steps": 10}).json()
         assert wait_job(client, follow["id"])["status"] == "succeeded"
-    finally:
-        broken.unlink()
-        truncated.unlink()
 
 
 def test_a_spec_whose_weights_are_not_the_models_fails_with_a_clear_message(

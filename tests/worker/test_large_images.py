@@ -43,18 +43,13 @@ def run_channel(n: int, channels: int, size: int, total: int, settings: Settings
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(2))
     for step in range(1, total + 1):
         keep = math.sin(0.5 * math.pi * step / total) ** 2  # the signal's share grows to 1
-        sample = math.sqrt(keep) * clean + math.sqrt(1 - keep) * noise
-        prediction = (clean + (1 - keep) * 0.5 * noise).clamp(-1, 1)
         want_sample, want_prediction = plan.captures(step, total)  # what the engine would copy to the host
-        channel.on_output(
-            HostStep(
-                step,
-                total,
-                total - step,
-                to_uint8_images(sample) if want_sample else None,
-                to_uint8_images(prediction) if want_prediction else None,
-            )
-        )
+        sample = prediction = None  # made only where captured: most steps copy nothing
+        if want_sample:
+            sample = to_uint8_images(math.sqrt(keep) * clean + math.sqrt(1 - keep) * noise)
+        if want_prediction:
+            prediction = to_uint8_images((clean + (1 - keep) * 0.5 * noise).clamp(-1, 1))
+        channel.on_output(HostStep(step, total, total - step, sample, prediction))
     previews = [preview for _, preview in channel.take(timeout=0) if preview is not None]
     return channel, previews
 
