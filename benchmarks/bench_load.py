@@ -81,6 +81,7 @@ class Result:
     latencies: list[float]
     mean_batch: float | None
     cap: int | None
+    engine_seconds: float = 0.0  # the engine's busy seconds (its ticks) during the workload
 
 
 def run_workload(base: str, bodies: list[dict], seed: int) -> tuple[float, list[float]]:
@@ -122,14 +123,15 @@ def run_workload(base: str, bodies: list[dict], seed: int) -> tuple[float, list[
     return time.perf_counter() - started, latencies
 
 
-def engine_counters(store: redis.Redis) -> tuple[int, int, int | None]:
-    """(ticks, rows, max_batch) of the one worker reporting."""
+def engine_counters(store: redis.Redis) -> tuple[int, int, int | None, float]:
+    """(ticks, rows, max_batch, busy seconds) of the one worker reporting."""
     names = store.zrange(f"{PREFIX}:workers", 0, -1)
     for name in names:
         stats = store.hgetall(f"{PREFIX}:worker-stats:{name}")
         if stats:
-            return int(stats["ticks"]), int(stats["rows"]), int(stats["max_batch"])
-    return 0, 0, None
+            busy = float(stats.get("busy_seconds", 0.0))
+            return int(stats["ticks"]), int(stats["rows"]), int(stats["max_batch"]), busy
+    return 0, 0, None, 0.0
 
 
 def wait_ready(base: str, worker: subprocess.Popen, timeout: float = 900) -> None:
@@ -206,13 +208,14 @@ def main() -> int:
                     wait_ready(base, worker)
                     logger.info("%s: worker ready in %.1f s", mode, time.perf_counter() - started)
                     for workload in workloads:
-                        ticks, rows, cap = engine_counters(store)
+                        ticks, rows, cap, busy = engine_counters(store)
                         seconds, latencies = run_workload(base, WORKLOADS[workload], args.seed)
                         time.sleep(2.5)  # the worker's counters reach Redis with its next heartbeat
-                        ticks2, rows2, cap = engine_counters(store)
+                        ticks2, rows2, cap, busy2 = engine_counters(store)
                         mean_batch = (rows2 - rows) / (ticks2 - ticks) if ticks2 > ticks else None
+                        engine_s = busy2 - busy
                         digits = sum(body["n"] for body in WORKLOADS[workload])
-                        results.append(Result(workload, mode, digits, seconds, latencies, mean_batch, cap))
+                        results.append(Result(workload, mode, digits, seconds, latencies, mean_batch, cap, engine_s))
                         logger.info("%s / %s: %.1f s, %.2f digits/s", workload, mode, seconds, digits / seconds)
                 finally:
                     stop_process(worker, f"worker ({mode})", grace=30)
@@ -225,8 +228,9 @@ def main() -> int:
 
 
 def print_table(results: list[Result], modes: list[str]) -> None:
-    print("\n| workload | mode | digits | wall s | digits/s | p50 s | p95 s | mean batch (rows) | speed-up |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    columns = "workload | mode | digits | wall s | engine busy s | digits/s | p50 s | p95 s | mean batch (rows)"
+    print(f"\n| {columns} | speed-up |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     baseline = {r.workload: r for r in results if r.mode == "one-at-a-time"}
     for r in results:
         rate = r.digits / r.seconds
@@ -234,7 +238,7 @@ def print_table(results: list[Result], modes: list[str]) -> None:
         speedup = f"{rate / (base.digits / base.seconds):.2f}x" if base else "-"
         batch = "-" if r.mean_batch is None else f"{r.mean_batch:.1f} of {r.cap}"
         print(
-            f"| {r.workload} | {r.mode} | {r.digits} | {r.seconds:.1f} | {rate:.2f} | "
+            f"| {r.workload} | {r.mode} | {r.digits} | {r.seconds:.1f} | {r.engine_seconds:.1f} | {rate:.2f} | "
             f"{statistics.median(r.latencies):.1f} | {percentile(r.latencies, 0.95):.1f} | {batch} | {speedup} |"
         )
 

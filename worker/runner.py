@@ -119,23 +119,31 @@ class JobReporter:
         self.interval = settings.progress_interval_s
         self.started = time.perf_counter()
         self.last_sent = 0.0
+        self.last_preview: float | None = None
 
     def publish(self, updates: list[tuple[int, np.ndarray | None]]) -> None:
+        """Send the progress of ``updates`` and their previews, throttled: at most one of each
+        per interval, the newest (a preview that waited is dropped for the newer one, so fast
+        jobs do not spend their time encoding images nobody sees); with an interval of 0, every
+        step and every preview."""
         if not updates:
             return
         total = self.channel.total
         now = time.perf_counter()
+        every = self.interval == 0
         try:
-            for step, preview in updates:
-                if preview is not None:
-                    self.store.event(
-                        self.job_id, "preview", {"step": step, "total": total, "image": self._png(preview)}
-                    )
-            step = updates[-1][0]
-            if step == total or step == 1 or now - self.last_sent >= self.interval:
-                elapsed = now - self.started
-                self.store.progress(self.job_id, step, total, elapsed / step * (total - step), elapsed)
-                self.last_sent = now
+            previews = [(step, preview) for step, preview in updates if preview is not None]
+            if not every:
+                due = self.last_preview is None or now - self.last_preview >= self.interval
+                previews = previews[-1:] if due else []
+            for step, preview in previews:
+                self.store.event(self.job_id, "preview", {"step": step, "total": total, "image": self._png(preview)})
+                self.last_preview = now
+            for step in [step for step, _ in updates] if every else [updates[-1][0]]:
+                if every or step == total or step == 1 or now - self.last_sent >= self.interval:
+                    elapsed = now - self.started
+                    self.store.progress(self.job_id, step, total, elapsed / step * (total - step), elapsed)
+                    self.last_sent = now
         except REDIS_ERRORS as error:
             logger.warning("job %s: progress not sent (Redis: %s)", self.job_id, error)
 
@@ -197,20 +205,22 @@ def await_job(
     cancel: CancelPoll,
     on_output: Callable[[HostStep], None] | None = None,
     while_waiting: Callable[[], None] | None = None,
+    poll_s: float = 0.1,
 ) -> HostResult:
-    """Submit ``request`` with ``plan`` and wait for its host result, cancelling it when ``cancel``
-    says so; ``while_waiting`` runs between looks (the first draw publishes progress there and
-    waits in it); without it the wait is 50 ms at a time.
+    """Submit ``request`` with ``plan`` and wait for its host result; every ``poll_s`` seconds
+    (and once more at the end) run ``while_waiting`` (the first draw publishes its progress
+    there) and cancel the job when ``cancel`` says so. The job's thread wakes on that clock, not
+    at every step, so sixteen waiting jobs do not contend with the device thread at every tick.
 
     Raises the job's error (:class:`GenerationCancelled` after a cancellation)."""
     handle = engine.submit(request, outputs=plan, on_output=on_output)
-    while not handle.done():
+    while not handle.wait(poll_s):
         if while_waiting is not None:
             while_waiting()
-        else:
-            handle.wait(0.05)
         if cancel():
             handle.cancel()
+    if while_waiting is not None:
+        while_waiting()
     return handle.host_result()
 
 
@@ -249,9 +259,9 @@ def run_job(
             channel.plan(found.readings if isinstance(found, Classifier) else None),
             cancel,
             on_output=channel.on_output,
-            while_waiting=lambda: reporter.publish(channel.take(timeout=0.05)),
+            while_waiting=lambda: reporter.publish(channel.take(timeout=0)),
+            poll_s=min(0.1, max(settings.progress_interval_s, 0.02)),
         )
-        reporter.publish(channel.take(timeout=0))
         samples = result.samples  # host arrays: (n, H, W, C) uint8 images or (n, 2) float32 points
         if found is not None:
             deadline = started + settings.max_job_s
