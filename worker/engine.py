@@ -2,31 +2,24 @@
 
 An :class:`Engine` owns one model (and its forward, e.g. a compiled
 :class:`~ddpm_core.compiled.BucketedForward`) and takes turns on its device's one thread
-(:class:`~worker.device_thread.DeviceThread`, shared by every engine on that device). Jobs are submitted
-with :meth:`Engine.submit` from any thread and get an :class:`EngineJob` handle. At every
-*tick* the thread runs ONE batched forward over all jobs in flight and advances each by one
-step; a job joins between ticks and leaves as soon as it is done, cancelled or failed. Jobs of
-any sampler, step count, digit, guidance scale and seed share the forward; a sample's result is
-what ``generate()`` gives it alone, up to float noise.
+(:class:`~worker.device_thread.DeviceThread`). Jobs are submitted from any thread
+(:meth:`Engine.submit`, an :class:`EngineJob` handle back). Each *tick* runs ONE forward over
+every job in flight and advances each by one step; jobs of any sampler, step count, class,
+guidance and seed share it, join between ticks and leave when done, cancelled or failed. A
+sample's result is what ``generate()`` gives it alone, up to float noise.
 
-One responsibility per module (as vLLM's v1 engine splits): :mod:`worker.request_state` (the
+One responsibility per module, as vLLM's v1 engine splits: :mod:`worker.request_state` (the
 request, its output plan and host data, each job's state and handle), :mod:`worker.scheduler`
-(which jobs run in the next tick; plain integers, no torch), :mod:`worker.executor` (a job's
-generation; one tick's forward and vectorised step, one upload), :mod:`worker.outputs` (the
-tick's due outputs to the host, one copy) and this core: schedule, execute, update, emit.
-
-Capacity. ``max_batch`` bounds the rows of one forward (n per job, 2n with guidance); a
-larger job runs alone, in chunks. Admission: FIFO with conservative backfilling (:mod:`worker.scheduler`).
+(admission on plain integers: the row cap, FIFO with conservative backfilling),
+:mod:`worker.executor` (one tick's forward and vectorised step, one upload),
+:mod:`worker.outputs` (the tick's outputs to the host, one copy) and this core: schedule,
+execute, update, emit.
 
 Threading. Callbacks (``on_start``, ``on_step``, ``on_output``, the handle's done callbacks)
-run on the engine thread, between forwards: keep them short (a slow callback delays every
-job). An exception in a job's callback fails that job only; the others continue. An
-exception of the forward itself fails the jobs of that forward (none of them advanced) and the
-engine goes on with the queue. A cancellation (:meth:`EngineJob.cancel`, any thread) or a
-time limit (``EngineRequest.time_limit_s``) takes effect before the next tick: the job's rows
-are freed and it ends with :class:`~ddpm_core.errors.GenerationCancelled` or fails with
-:class:`JobTimeLimit`. :meth:`Engine.close` stops the thread; jobs still queued or running end
-with :class:`EngineClosed` (or finish first, with ``drain=True``).
+run on the device thread between ticks: keep them short. A callback's exception fails its job
+only; the forward's fails that tick's jobs. A cancellation or a time limit
+(``EngineRequest.time_limit_s``) takes effect before the next tick. :meth:`Engine.close` ends
+the jobs left with :class:`EngineClosed` (or finishes them first, ``drain=True``).
 
 Torch only: no Redis, no Celery. A worker with several models runs one engine per model.
 """
@@ -76,7 +69,7 @@ __all__ = ["Engine", "EngineClosed", "EngineJob", "EngineRequest", "EngineStats"
 
 
 class Engine:
-    """Step-level batching of generation jobs over one model, on one background thread.
+    """Step-level batching of generation jobs over one model, in turns on its device's thread.
 
     Args:
         model: eps_theta, in eval mode on its device.
@@ -87,8 +80,8 @@ class Engine:
         max_batch: rows per forward, unconditional copies included (see the module docstring);
             default: the forward's ``max_batch`` if it has one, else ``DEFAULT_MAX_BATCH`` for
             the model's device type.
-        name: the thread's name, for logs.
-        start: start the thread now; False lets a caller queue jobs first (:meth:`start`).
+        name: the engine's name, for logs (and its thread's, when it has one of its own).
+        start: start taking turns now; False lets a caller queue jobs first (:meth:`start`).
         on_fatal: called with a forward's error that leaves the device unusable (a CUDA error
             but out-of-memory: :func:`~worker.executor.is_fatal_device_error`) after its jobs
             failed; a worker ends its process there, so that it is restarted.
@@ -241,7 +234,6 @@ class Engine:
     def warmup_eager(self, timeout: float | None = None) -> float:
         """Run the model once, eagerly, on one dummy sample on the engine thread (proves that it
         runs, before jobs are sent to it); the seconds it took."""
-
         return self.call_on_engine_thread(lambda: self._executor.probe(self.model), timeout=timeout)
 
     def call_on_engine_thread(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
@@ -368,7 +360,7 @@ class Engine:
         try:
             timer.start()
             output = self._executor.step([live.generation for live in running], self.forward)
-            host = self._host_outputs(running, output.results)
+            host = self._outputs.for_jobs(running, output.results)
             seconds = timer.stop()  # on a GPU: the tick's one wait (the copy above already waited)
         except Exception as error:  # the shared forward failed: none of its jobs advanced
             logger.exception("engine %s: forward over %d jobs (%d rows) failed", self.name, len(running), rows)
@@ -403,18 +395,6 @@ class Engine:
                 continue
             if live.generation.done:
                 self._end(live, JobStatus.SUCCEEDED, result=live.generation.sample, host=taken)
-
-    def _host_outputs(self, running: list[LiveJob], results: list) -> dict[int, JobOutput]:
-        """The tick's host data of every job that asked for some, by job id: one copy."""
-        wanting = [
-            (live, result)
-            for live, result in zip(running, results, strict=True)
-            if live.outputs is not None and not isinstance(result, BaseException)
-        ]
-        if not wanting:
-            return {}
-        taken = self._outputs.process([(live.outputs, result, live.generation.done) for live, result in wanting])
-        return {live.job.id: job_output for (live, _), job_output in zip(wanting, taken, strict=True)}
 
     def _drop_all(self, error: EngineClosed) -> None:
         """End every job still held: running ones, queued ones, then any the scheduler let go."""

@@ -25,7 +25,7 @@ import torch
 
 from ddpm_core.batching import HostStaging
 from ddpm_core.pipeline import StepInfo
-from worker.request_state import HostResult, HostStep, OutputPlan
+from worker.request_state import HostResult, HostStep, LiveJob, OutputPlan
 
 
 def to_uint8_pixels(samples: torch.Tensor) -> torch.Tensor:
@@ -157,6 +157,18 @@ class OutputProcessor:
         self.staging = HostStaging(pin=device.type == "cuda")
         self.copies = 0
         self.bytes = 0
+
+    def for_jobs(self, running: list[LiveJob], results: list[StepInfo | BaseException]) -> dict[int, JobOutput]:
+        """A tick's host data of every running job that asked for some (its plan), by job id."""
+        wanting = [
+            (live, result)
+            for live, result in zip(running, results, strict=True)
+            if live.outputs is not None and not isinstance(result, BaseException)
+        ]
+        if not wanting:
+            return {}
+        taken = self.process([(live.outputs, result, live.generation.done) for live, result in wanting])
+        return {live.job.id: job_output for (live, _), job_output in zip(wanting, taken, strict=True)}
 
     def process(self, steps: list[tuple[OutputPlan, StepInfo, bool]]) -> list[JobOutput]:
         """``steps``: per job its plan, its step (device tensors) and whether it is done; the
