@@ -51,13 +51,8 @@ def batch_inputs(
     if len(generations) == 1:
         inputs = generations[0].model_inputs()
         return inputs.sample, inputs.timesteps, inputs.class_labels
-    first = generations[0]
-    conditional_model = first.labels is not None
-    for generation in generations:
-        if (generation.labels is not None) != conditional_model:
-            raise ValueError("generations of a conditional and an unconditional model cannot share a forward")
-        if generation.sample_shape != first.sample_shape or generation.device != first.device:
-            raise ValueError("generations in one forward must have the same sample shape and device")
+    _check_can_share(generations)
+    conditional_model = generations[0].labels is not None
     guided = [generation for generation in generations if generation.needs_unconditional]
     samples = [generation.sample for generation in (*generations, *guided)]
     timesteps = [generation.timesteps() for generation in generations] + [
@@ -174,45 +169,51 @@ def host_rows(
 ) -> tuple[torch.Tensor, list[int], bool, bool]:
     """The host side of :func:`plan_rows`: every table in one float32 host tensor; with its
     parts' sizes, whether the model has labels and whether any row adds noise."""
-    shape = generations[0].sample_shape
-    width = prod(shape)
-    counts = [generation.num_samples for generation in generations]
-    conditional = sum(counts)
-    guided = [generation.needs_unconditional for generation in generations]
-    unconditional = sum(count for count, needs in zip(counts, guided, strict=True) if needs)
-    forward = conditional + unconditional
+    width = prod(generations[0].sample_shape)
     has_labels = generations[0].labels is not None
     rows = list(coefficients) if coefficients is not None else [g.step_coefficients() for g in generations]
     adds_noise = any(row[COEF_STD] > 0 for row in rows)
-    # layout: timesteps | labels | unconditional rows | unconditional of | guidance | coefficients | noise
-    sizes = [forward, forward if has_labels else 0, unconditional, conditional if unconditional else 0]
-    sizes += [conditional, conditional * NUM_COEFFICIENTS, conditional * width if adds_noise else 0]
-    host = (staging or HostStaging(pin=False)).take(sum(sizes), torch.float32)
-    parts = list(host.split(sizes))
-    timesteps, labels, unconditional_rows, unconditional_of, guidance, coefficients, noise = parts
-    coefficients = coefficients.view(conditional, NUM_COEFFICIENTS)
-    noise = noise.view(conditional if adds_noise else 0, width)
-    start, extra = 0, conditional
-    for generation, count, needs, row in zip(generations, counts, guided, rows, strict=True):
-        end = start + count
-        timestep = float(generation.timestep)
-        timesteps[start:end] = timestep
-        coefficients[start:end] = torch.tensor(row, dtype=torch.float32)
-        guidance[start:end] = generation.guidance_scale if needs else 0.0
+    conditional = sum(generation.num_samples for generation in generations)
+    any_guided = any(generation.needs_unconditional for generation in generations)
+    timesteps: list[float] = []  # the conditional rows', then the unconditional copies'
+    labels: list[float] = []
+    copy_timesteps: list[float] = []
+    copy_labels: list[float] = []
+    copied_rows: list[int] = []  # the conditional row of each unconditional copy
+    unconditional_of: list[int] = []  # each conditional row's unconditional forward row (itself if none)
+    guidance: list[float] = []
+    coefficient_values: list[float] = []
+    start = 0
+    for generation, row in zip(generations, rows, strict=True):
+        count, needs = generation.num_samples, generation.needs_unconditional
+        own = range(start, start + count)
+        timesteps += [float(generation.timestep)] * count
+        guidance += [generation.guidance_scale if needs else 0.0] * count
+        coefficient_values += list(row) * count
         if has_labels:
-            labels[start:end] = generation.host_labels
-        if adds_noise:
-            generation.fill_noise(noise[start:end], row)
-        if unconditional:
-            unconditional_of[start:end] = torch.arange(start, end, dtype=torch.float32)
+            labels += generation.host_labels.tolist()
         if needs:
-            offset = extra - conditional
-            timesteps[extra : extra + count] = timestep
-            labels[extra : extra + count] = float(generation.num_classes)
-            unconditional_rows[offset : offset + count] = torch.arange(start, end, dtype=torch.float32)
-            unconditional_of[start:end] = torch.arange(extra, extra + count, dtype=torch.float32)
-            extra += count
-        start = end
+            first_copy = conditional + len(copied_rows)
+            unconditional_of += range(first_copy, first_copy + count)
+            copied_rows += own
+            copy_timesteps += [float(generation.timestep)] * count
+            copy_labels += [float(generation.num_classes)] * count
+        else:
+            unconditional_of += own
+        start += count
+    # layout: timesteps | labels | unconditional rows | unconditional of | guidance | coefficients | noise
+    tables = [timesteps + copy_timesteps, labels + copy_labels if has_labels else [], copied_rows]
+    tables += [unconditional_of if any_guided else [], guidance, coefficient_values]
+    sizes = [len(table) for table in tables] + [conditional * width if adds_noise else 0]
+    host = (staging or HostStaging(pin=False)).take(sum(sizes), torch.float32)
+    filled = sum(sizes[:-1])
+    host[:filled] = torch.tensor([value for table in tables for value in table], dtype=torch.float32)
+    if adds_noise:
+        noise = host[filled:].view(conditional, width)
+        start = 0
+        for generation, row in zip(generations, rows, strict=True):
+            generation.fill_noise(noise[start : start + generation.num_samples], row)
+            start += generation.num_samples
     return host, sizes, has_labels, adds_noise
 
 

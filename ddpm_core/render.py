@@ -24,10 +24,15 @@ from PIL import Image
 from ddpm_core.pipeline import StepInfo
 
 
-def to_uint8_images(samples: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8."""
+def uint8_pixels(samples: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8 on the samples' device, as a PNG stores them."""
     images = ((samples.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return images.permute(0, 2, 3, 1).cpu().numpy()
+    return images.permute(0, 2, 3, 1).contiguous()
+
+
+def to_uint8_images(samples: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8 host images."""
+    return uint8_pixels(samples).cpu().numpy()
 
 
 def grid_columns(count: int) -> int:

@@ -25,13 +25,8 @@ import torch
 
 from ddpm_core.batching import HostStaging
 from ddpm_core.pipeline import StepInfo
+from ddpm_core.render import uint8_pixels
 from worker.request_state import HostResult, HostStep, LiveJob, OutputPlan
-
-
-def to_uint8_pixels(samples: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8, on the samples' device (as PNGs store them)."""
-    images = ((samples.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return images.permute(0, 2, 3, 1).contiguous()
 
 
 @dataclass
@@ -81,7 +76,7 @@ class TickOutputs:
         samples = torch.cat(self._samples) if len(self._samples) > 1 else self._samples[0]
         if self.is_points:
             return samples.float().contiguous().view(torch.uint8).reshape(-1)
-        return to_uint8_pixels(samples).reshape(-1)
+        return uint8_pixels(samples).reshape(-1)
 
     def copy_to_host(self) -> list[np.ndarray]:
         """Every slot's host array, in slot order, after ONE device-to-host copy (waited for).

@@ -11,11 +11,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import ddpm_core.batching as batching
 from ddpm_core.models.mlp import MLPConfig, MLPDenoiser
+from ddpm_core.render import uint8_pixels
 from ddpm_core.schedule import NoiseSchedule
 from tests.tiny_models import SCHEDULE, SHAPE, TINY, perturbed
 from worker.engine import Engine, EngineRequest
 from worker.executor import StepExecutor
-from worker.outputs import OutputProcessor, to_uint8_pixels
+from worker.outputs import OutputProcessor
 from worker.request_state import HostStep, OutputPlan
 
 WAIT = 120
@@ -51,7 +52,7 @@ def test_one_copy_per_tick_carries_every_jobs_frames_previews_results_and_readin
             device_result = job.result(timeout=WAIT)
             host = job.host_result()
             assert host.samples.dtype == np.uint8 and host.samples.shape == (job.request.n, 8, 8, 1)
-            np.testing.assert_array_equal(host.samples, to_uint8_pixels(device_result).numpy())
+            np.testing.assert_array_equal(host.samples, uint8_pixels(device_result).numpy())
             np.testing.assert_allclose(host.readings, first_pixels(device_result).numpy(), rtol=0, atol=1e-6)
             steps = seen[i]
             assert [info.step for info in steps] == list(range(1, total + 1))  # every step, in order
