@@ -75,14 +75,14 @@ class JobChannel:
             ScatterRecorder(total, frames) if is_points else FrameRecorder(total, frames, max_side=GIF_GRID_SIDE)
         )
         count = settings.preview_count
-        self.preview_every = max(1, total // count) if count else 0
+        every = max(1, total // count) if count else 0
+        self.preview_steps = frozenset(range(every, total, every)) if every else frozenset()  # never the last
         self._steps: queue.SimpleQueue[HostStep] = queue.SimpleQueue()
 
     def plan(self, reader: Reader | None = None) -> OutputPlan:
         """What the engine copies to the host for this job: its frames, its previews, and (with
         ``reader``) the reading of its final samples."""
-        previews = range(self.preview_every, self.total, self.preview_every) if self.preview_every else ()
-        return OutputPlan(frozenset(self.recorder.steps), frozenset(previews), reader)
+        return OutputPlan(frozenset(self.recorder.steps), self.preview_steps, reader)
 
     def on_output(self, info: HostStep) -> None:
         """On the device thread, after each step: queue it for the job's thread."""
@@ -104,7 +104,7 @@ class JobChannel:
         for info in steps:
             if info.sample is not None:
                 self.recorder(info)
-            preview = self.preview_every and info.step % self.preview_every == 0 and info.step < self.total
+            preview = info.step in self.preview_steps
             updates.append((info.step, info.pred_original_sample if preview else None))
         return updates
 
