@@ -3,8 +3,8 @@
     python benchmarks/bench_launches.py [--checkpoint checkpoints/mnist.safetensors] [--device cpu|cuda]
 
 One tick is what the engine does per step of its batch: the executor's shared forward and
-vectorised sampler step (:meth:`worker.executor.StepExecutor.step`) and the output side's
-gather and copy (:class:`worker.outputs.OutputProcessor`), with a preview due for every job.
+vectorised sampler step (:meth:`worker.engine.executor.StepExecutor.step`) and the output side's
+gather and copy (:class:`worker.engine.outputs.OutputProcessor`), with a preview due for every job.
 Each job is one digit, the samplers, step counts and guidance scales mixed (DDPM 1000, DDIM 50
 and 20; guidance 0 and 1). Counted for one tick, after one tick of warm-up:
 
@@ -35,9 +35,9 @@ sys.path.insert(0, str(REPO))
 
 import ddpm_core.batching as batching  # noqa: E402
 from ddpm_core.checkpoint import load_checkpoint  # noqa: E402
-from worker.executor import StepExecutor  # noqa: E402
-from worker.outputs import OutputProcessor  # noqa: E402
-from worker.request_state import EngineRequest, OutputPlan  # noqa: E402
+from worker.engine.executor import StepExecutor  # noqa: E402
+from worker.engine.outputs import OutputProcessor  # noqa: E402
+from worker.engine.request_state import EngineRequest, OutputPlan  # noqa: E402
 
 JOB_COUNTS = (1, 4, 16)
 

@@ -31,9 +31,9 @@ from ddpm_core.compiled import BucketedForward, dummy_inputs, native_bf16, power
 from ddpm_core.device import pick_device  # noqa: E402
 from ddpm_core.pipeline import generate  # noqa: E402
 from ddpm_core.samplers import make_sampler  # noqa: E402
-from worker.device_thread import DeviceThread  # noqa: E402
 from worker.engine import Engine, EngineRequest  # noqa: E402
-from worker.request_state import OutputPlan  # noqa: E402
+from worker.engine.device_thread import DeviceThread  # noqa: E402
+from worker.engine.request_state import OutputPlan  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

@@ -2,7 +2,7 @@
 (keyed by the SHA-256 of its weights), built with the settings' batch cap.
 
 Every engine of one device takes its turns on that device's one thread
-(:class:`~worker.device_thread.DeviceThread`): compiled CUDA graphs are never driven from two
+(:class:`~worker.engine.device_thread.DeviceThread`): compiled CUDA graphs are never driven from two
 threads. An engine serves eager forwards from the moment its model is loaded and has run one forward
 (which proves the model runs); the pool then hands it to the process's
 :class:`~worker.compiler.BucketCompiler`, which compiles its buckets in the background.
@@ -31,8 +31,8 @@ from contract.spec import JobSpec
 from ddpm_core.checkpoint import LoadedCheckpoint
 from ddpm_core.compiled import BucketedForward, power_of_two_buckets, resolve_forward_options
 from worker.compiler import BucketCompiler
-from worker.device_thread import DeviceThread
 from worker.engine import Engine, EngineStats
+from worker.engine.device_thread import DeviceThread
 from worker.models import ModelCache
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from contract.spec import JobSpec
 from worker.store import JobStore
 
 if TYPE_CHECKING:
-    from worker.engine_stats import EngineStats
+    from worker.engine.stats import EngineStats
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ PNG of at most :data:`PREVIEW_MAX_BYTES`, and the final grid is upscaled by whol
 while it is small (:func:`~ddpm_core.render.display_scale`), so MNIST grids look as they did.
 
 No torch here: the job tells the engine what it takes home (an
-:class:`~worker.outputs.OutputPlan`: its GIF frames, its previews, its final samples and the
+:class:`~worker.engine.outputs.OutputPlan`: its GIF frames, its previews, its final samples and the
 classifier's reading of them), and the engine brings every job's due outputs to the host in one
-copy per tick and hands them over as numpy arrays (:class:`~worker.outputs.HostStep`,
-:class:`~worker.outputs.HostResult`). The job's own thread does only host work (GIF frames,
+copy per tick and hands them over as numpy arrays (:class:`~worker.engine.outputs.HostStep`,
+:class:`~worker.engine.outputs.HostResult`). The job's own thread does only host work (GIF frames,
 PNG and GIF encoding) and every Redis write, so a slow Redis never holds up the batch, and no
 second OpenMP thread pool competes with the sampling one for the cores (on this 2-core CPU,
 torch work on a second thread slowed the engine's forwards by a third). First draws and
@@ -48,8 +48,8 @@ from ddpm_core.render import (
 )
 from worker.check import Classifier, DigitChecker, Drawn, PointsMeasure, check_points, check_samples, skipped
 from worker.engine import Engine, EngineRequest
+from worker.engine.request_state import HostResult, HostStep, OutputPlan, Reader
 from worker.engines import EnginePool
-from worker.request_state import HostResult, HostStep, OutputPlan, Reader
 from worker.store import JobStore
 
 logger = logging.getLogger(__name__)
@@ -242,15 +242,7 @@ def run_job(
         loaded, engine = engines.for_spec(spec)
         found = None if checker is None else checker.for_model(loaded)
         channel = JobChannel(spec.steps, tuple(loaded.sample_shape) == (2,), settings)
-        request = EngineRequest(
-            n=spec.n,
-            sampler=spec.sampler,
-            steps=spec.steps,
-            guidance=spec.guidance,
-            seed=spec.seed,
-            digit=spec.digit,
-            time_limit_s=settings.max_job_s,
-        )
+        request = EngineRequest.from_spec(spec, time_limit_s=settings.max_job_s)
         reporter = JobReporter(store, job_id, channel, settings)
         cancel = CancelPoll(store, job_id)
         result = await_job(
@@ -320,14 +312,8 @@ def check_result(
             store.event(job_id, "redraw", {"round": round_, "samples": indices, "seeds": seeds})
         except REDIS_ERRORS as error:
             logger.warning("job %s: redraw event not sent (Redis: %s)", job_id, error)
-        request = EngineRequest(
-            n=len(seeds),
-            sampler=spec.sampler,
-            steps=spec.steps,
-            guidance=spec.guidance,
-            digit=spec.digit,
-            seeds=tuple(seeds),
-            time_limit_s=max(deadline - time.perf_counter(), 1e-3),
+        request = EngineRequest.from_spec(
+            spec, time_limit_s=max(deadline - time.perf_counter(), 1e-3), seeds=tuple(seeds)
         )
         try:
             fresh = await_job(engine, request, OutputPlan(reader=found.readings), cancel)

@@ -1,4 +1,4 @@
-"""worker.device_thread: every engine of a device runs on ONE thread, in turns; one engine's
+"""worker.engine.device_thread: every engine of a device runs on ONE thread, in turns; one engine's
 close or crash leaves the others running; the thread ends with its last engine."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tests.tiny_models import SCHEDULE, SHAPE, TINY, perturbed
-from worker.device_thread import DeviceThread
 from worker.engine import Engine, EngineClosed, EngineRequest
+from worker.engine.device_thread import DeviceThread
 
 WAIT = 120
 

@@ -1,4 +1,4 @@
-"""The engine's output side (worker.outputs): every job's due outputs reach the host in ONE copy
+"""The engine's output side (worker.engine.outputs): every job's due outputs reach the host in ONE copy
 per tick, as the same 8-bit pixels (or float32 points) the device held; and the device work of a
 tick does not grow with the number of jobs."""
 
@@ -15,9 +15,9 @@ from ddpm_core.render import uint8_pixels
 from ddpm_core.schedule import NoiseSchedule
 from tests.tiny_models import SCHEDULE, SHAPE, TINY, perturbed
 from worker.engine import Engine, EngineRequest
-from worker.executor import StepExecutor
-from worker.outputs import OutputProcessor
-from worker.request_state import HostStep, OutputPlan
+from worker.engine.executor import StepExecutor
+from worker.engine.outputs import OutputProcessor
+from worker.engine.request_state import HostStep, OutputPlan
 
 WAIT = 120
 

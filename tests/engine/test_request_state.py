@@ -1,10 +1,10 @@
-"""worker.request_state: a job's state and handle, without an engine."""
+"""worker.engine.request_state: a job's state and handle, without an engine."""
 
 from __future__ import annotations
 
 import pytest
 
-from worker.request_state import EngineJob, EngineRequest, JobState, JobStatus, JobTimeLimit
+from worker.engine.request_state import EngineJob, EngineRequest, JobState, JobStatus, JobTimeLimit
 
 
 def test_the_handle_asks_for_cancellation_through_its_callback_and_reads_the_state() -> None:

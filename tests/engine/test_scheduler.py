@@ -1,4 +1,4 @@
-"""worker.scheduler on plain integers: a simulated clock where one tick is one forward and the
+"""worker.engine.scheduler on plain integers: a simulated clock where one tick is one forward and the
 time is the tick number, no model, no thread, no torch.
 
 ``Simulation`` drives a :class:`Scheduler` as the engine does: before each tick it schedules
@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from worker.scheduler import Drop, ScheduledJob, Scheduler
+from worker.engine.scheduler import Drop, ScheduledJob, Scheduler
 
 
 class Simulation:
@@ -57,7 +57,7 @@ class Simulation:
 
 
 def test_the_scheduler_never_imports_torch() -> None:
-    code = "import sys, worker.scheduler, worker.engine_stats; sys.exit('torch' in sys.modules)"
+    code = "import sys, worker.engine.scheduler, worker.engine.stats; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 

@@ -2,17 +2,17 @@
 
 An :class:`Engine` owns one model (and its forward, e.g. a compiled
 :class:`~ddpm_core.compiled.BucketedForward`) and takes turns on its device's one thread
-(:class:`~worker.device_thread.DeviceThread`). Jobs are submitted from any thread
+(:class:`~worker.engine.device_thread.DeviceThread`). Jobs are submitted from any thread
 (:meth:`Engine.submit`, an :class:`EngineJob` handle back). Each *tick* runs ONE forward over
 every job in flight and advances each by one step; jobs of any sampler, step count, class,
 guidance and seed share it, join between ticks and leave when done, cancelled or failed. A
 sample's result is what ``generate()`` gives it alone, up to float noise.
 
-One responsibility per module, as vLLM's v1 engine splits: :mod:`worker.request_state` (the
-request, its output plan and host data, each job's state and handle), :mod:`worker.scheduler`
+One responsibility per module, as vLLM's v1 engine splits: :mod:`worker.engine.request_state` (the
+request, its output plan and host data, each job's state and handle), :mod:`worker.engine.scheduler`
 (admission on plain integers: the row cap, FIFO with conservative backfilling),
-:mod:`worker.executor` (one tick's forward and vectorised step, one upload),
-:mod:`worker.outputs` (the tick's outputs to the host, one copy) and this core: schedule,
+:mod:`worker.engine.executor` (one tick's forward and vectorised step, one upload),
+:mod:`worker.engine.outputs` (the tick's outputs to the host, one copy) and this core: schedule,
 execute, update, emit.
 
 Threading. Callbacks (``on_start``, ``on_step``, ``on_output``, the handle's done callbacks)
@@ -42,11 +42,10 @@ from ddpm_core.batching import Forward
 from ddpm_core.compiled import DEFAULT_MAX_BATCH, BucketedForward
 from ddpm_core.errors import GenerationCancelled
 from ddpm_core.schedule import NoiseSchedule
-from worker.device_thread import DeviceThread
-from worker.engine_stats import EngineStats
-from worker.executor import StepExecutor, TickTimer, is_fatal_device_error
-from worker.outputs import JobOutput, OutputProcessor
-from worker.request_state import (
+from worker.engine.device_thread import DeviceThread
+from worker.engine.executor import StepExecutor, TickTimer, is_fatal_device_error
+from worker.engine.outputs import JobOutput, OutputProcessor
+from worker.engine.request_state import (
     EngineCall,
     EngineClosed,
     EngineJob,
@@ -59,13 +58,13 @@ from worker.request_state import (
     OutputPlan,
     StepCallback,
 )
-from worker.scheduler import Drop, Scheduler
+from worker.engine.scheduler import Drop, Scheduler
+from worker.engine.stats import EngineStats
 
 if TYPE_CHECKING:
     from ddpm_core.checkpoint import LoadedCheckpoint
 
 logger = logging.getLogger(__name__)
-__all__ = ["Engine", "EngineClosed", "EngineJob", "EngineRequest", "EngineStats", "JobStatus", "JobTimeLimit"]
 
 
 class Engine:
@@ -83,10 +82,10 @@ class Engine:
         name: the engine's name, for logs (and its thread's, when it has one of its own).
         start: start taking turns now; False lets a caller queue jobs first (:meth:`start`).
         on_fatal: called with a forward's error that leaves the device unusable (a CUDA error
-            but out-of-memory: :func:`~worker.executor.is_fatal_device_error`) after its jobs
+            but out-of-memory: :func:`~worker.engine.executor.is_fatal_device_error`) after its jobs
             failed; a worker ends its process there, so that it is restarted.
         device_thread: the thread that drives every engine on this device, shared
-            (:class:`~worker.device_thread.DeviceThread`); None: a thread of its own.
+            (:class:`~worker.engine.device_thread.DeviceThread`); None: a thread of its own.
     """
 
     def __init__(

@@ -1,13 +1,13 @@
 """The engine's output side: what each job takes home from a tick, copied to the host once.
 
-A job submitted with an :class:`~worker.request_state.OutputPlan` says which of its steps it
+A job submitted with an :class:`~worker.engine.request_state.OutputPlan` says which of its steps it
 wants on the host: GIF frames (x_t beside the predicted x_0), previews (x_0), and its final
 samples with a reading of them (the classifier's label and confidence of each sample, run on
 the device). At each tick the engine gathers every due tensor of every job into ONE uint8
 tensor on the device (images as 8-bit (H, W, C) pixels, points and readings as the bytes of
 their float32 values), copies it to a pinned host buffer with one non-blocking copy and one
-event, and hands each job plain numpy arrays (:class:`~worker.request_state.HostStep`,
-:class:`~worker.request_state.HostResult`). The job's own thread then never touches torch or
+event, and hands each job plain numpy arrays (:class:`~worker.engine.request_state.HostStep`,
+:class:`~worker.engine.request_state.HostResult`). The job's own thread then never touches torch or
 the device: it encodes PNGs and GIFs and writes to Redis.
 
 The number of kernels launched and copies made per tick does not depend on how many jobs or
@@ -26,7 +26,7 @@ import torch
 from ddpm_core.batching import HostStaging
 from ddpm_core.pipeline import StepInfo
 from ddpm_core.render import uint8_pixels
-from worker.request_state import HostResult, HostStep, LiveJob, OutputPlan
+from worker.engine.request_state import HostResult, HostStep, LiveJob, OutputPlan
 
 
 @dataclass

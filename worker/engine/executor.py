@@ -3,7 +3,7 @@ request (:meth:`StepExecutor.prepare`, which checks the request) and one tick, t
 forward and vectorised sampler step of every running job (:meth:`StepExecutor.step`, over
 :func:`ddpm_core.batching.denoise_step`), timed on its device (:class:`TickTimer`).
 
-It decides nothing about which jobs run (:mod:`worker.scheduler` does) and keeps no job: the
+It decides nothing about which jobs run (:mod:`worker.engine.scheduler` does) and keeps no job: the
 engine hands it the generations of the running jobs at each tick.
 """
 
@@ -21,7 +21,7 @@ from ddpm_core.compiled import dummy_inputs
 from ddpm_core.pipeline import Generation, StepInfo
 from ddpm_core.samplers import SAMPLERS, DDIMSampler, DDPMSampler, make_sampler
 from ddpm_core.schedule import NoiseSchedule
-from worker.request_state import EngineRequest
+from worker.engine.request_state import EngineRequest
 
 
 @dataclass

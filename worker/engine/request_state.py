@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from contract.spec import JobSpec
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -131,6 +133,23 @@ class EngineRequest:
                 raise ValueError("give digit or labels, not both")
             return list(self.labels)
         return None if self.digit is None else [int(self.digit)] * self.n
+
+    @classmethod
+    def from_spec(
+        cls, spec: JobSpec, *, time_limit_s: float | None = None, seeds: tuple[int, ...] | None = None
+    ) -> EngineRequest:
+        """The engine request of a job spec: its sampler, steps, guidance, class and seed (or,
+        for a redraw, ``seeds``: one per sample, ``n`` their number)."""
+        return cls(
+            n=spec.n if seeds is None else len(seeds),
+            sampler=spec.sampler,
+            steps=spec.steps,
+            guidance=spec.guidance,
+            seed=spec.seed,
+            digit=spec.digit,
+            seeds=seeds,
+            time_limit_s=time_limit_s,
+        )
 
 
 class JobStatus(str, Enum):
@@ -258,7 +277,7 @@ class EngineJob:
             raise TimeoutError(f"job {self.id} not done after {timeout} s") from None
 
     def host_result(self, timeout: float | None = None) -> HostResult:
-        """The final samples as host data (:class:`~worker.outputs.HostResult`), for a job
+        """The final samples as host data (:class:`~worker.engine.outputs.HostResult`), for a job
         submitted with ``outputs``; raises the job's exception, or TimeoutError."""
         self.result(timeout)
         if self._host is None:
