@@ -1,7 +1,8 @@
 """Step-level batching: many :class:`~ddpm_core.pipeline.Generation` s advanced by one forward.
 
-Each generation is a job at its own step of its own sampler (DDPM over all T steps, DDIM with
-any step count), with its own labels, guidance scale and seeds. One call of
+Each generation is a job at its own step of its own sampler (DDPM over all T steps, DDIM and the
+multistep solvers with any step count), with its own labels, guidance scale, seeds and (multistep
+samplers) history. One call of
 :func:`denoise_step` concatenates every generation's conditional rows and, only for the
 generations that need it, their unconditional copies (null label ``num_classes``) into one
 batch with per-row timesteps and labels, runs the network once, splits the output and advances
@@ -25,7 +26,8 @@ from math import prod
 import torch
 
 from ddpm_core.pipeline import Generation, StepInfo, guided_eps
-from ddpm_core.samplers import COEF_STD, NUM_COEFFICIENTS, SamplerOutput, apply_step
+from ddpm_core.sampler_specs import MAX_HISTORY
+from ddpm_core.samplers import SamplerOutput, apply_step, row_width
 
 Forward = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 """``forward(sample (R, ...), timesteps (R,) long, class_labels (R,) long | None) -> eps (R, ...)``:
@@ -122,8 +124,10 @@ class TickRows:
         unconditional_of: (R_c,) long, the forward row of each row's unconditional eps (its own
             row when it has none); None when no row is guided.
         guidance: (R_c,) float32, each row's w (0 for unguided rows).
-        coefficients: (R_c, 6) float32, each row's step coefficients.
+        coefficients: (R_c, W) float32, each row's step row for ``slots`` history slots.
         noise: (R_c, *sample_shape) float32, or None when no row adds noise.
+        slots: history slots of the tick: 0 when every generation is one-step, else
+            :data:`~ddpm_core.sampler_specs.MAX_HISTORY`.
     """
 
     timesteps: torch.Tensor
@@ -133,6 +137,13 @@ class TickRows:
     guidance: torch.Tensor
     coefficients: torch.Tensor
     noise: torch.Tensor | None
+    slots: int = 0
+
+
+def tick_slots(generations: Sequence[Generation]) -> int:
+    """History slots of a step over ``generations``: 0 when none keeps history, else
+    :data:`~ddpm_core.sampler_specs.MAX_HISTORY` (what every multistep generation keeps)."""
+    return MAX_HISTORY if any(generation.history is not None for generation in generations) else 0
 
 
 def plan_rows(
@@ -140,12 +151,15 @@ def plan_rows(
     device: torch.device,
     staging: HostStaging | None = None,
     coefficients: Sequence[Sequence[float]] | None = None,
+    slots: int | None = None,
 ) -> TickRows:
     """Every generation's rows of the next tick, built on the host (noise drawn there from each
     sample's generator, :func:`host_rows`) and copied to ``device`` in ONE copy.
 
     The host work is a loop over generations; nothing launched on the device depends on their number."""
-    host, sizes, has_labels, adds_noise = host_rows(generations, staging, coefficients)
+    if slots is None:
+        slots = tick_slots(generations)
+    host, sizes, has_labels, adds_noise = host_rows(generations, staging, coefficients, slots)
     shape = generations[0].sample_shape
     conditional = sum(generation.num_samples for generation in generations)
     on_device = host.to(device, non_blocking=True)
@@ -157,8 +171,9 @@ def plan_rows(
         unconditional_rows=unconditional_rows.long() if unconditional else None,
         unconditional_of=unconditional_of.long() if unconditional else None,
         guidance=guidance,
-        coefficients=coefficients.view(conditional, NUM_COEFFICIENTS),
+        coefficients=coefficients.view(conditional, row_width(slots)),
         noise=noise.view(conditional, *shape) if adds_noise else None,
+        slots=slots,
     )
 
 
@@ -166,13 +181,18 @@ def host_rows(
     generations: Sequence[Generation],
     staging: HostStaging | None = None,
     coefficients: Sequence[Sequence[float]] | None = None,
+    slots: int | None = None,
 ) -> tuple[torch.Tensor, list[int], bool, bool]:
     """The host side of :func:`plan_rows`: every table in one float32 host tensor; with its
-    parts' sizes, whether the model has labels and whether any row adds noise."""
+    parts' sizes, whether the model has labels and whether any row adds noise. ``coefficients``:
+    each generation's step row for ``slots`` history slots (default: :func:`tick_slots`)."""
     width = prod(generations[0].sample_shape)
     has_labels = generations[0].labels is not None
-    rows = list(coefficients) if coefficients is not None else [g.step_coefficients() for g in generations]
-    adds_noise = any(row[COEF_STD] > 0 for row in rows)
+    if slots is None:
+        slots = tick_slots(generations)
+    rows = list(coefficients) if coefficients is not None else [g.step_coefficients(slots) for g in generations]
+    noisy = [generation.adds_noise() for generation in generations]
+    adds_noise = any(noisy)
     conditional = sum(generation.num_samples for generation in generations)
     any_guided = any(generation.needs_unconditional for generation in generations)
     timesteps: list[float] = []  # the conditional rows', then the unconditional copies'
@@ -211,8 +231,12 @@ def host_rows(
     if adds_noise:
         noise = host[filled:].view(conditional, width)
         start = 0
-        for generation, row in zip(generations, rows, strict=True):
-            generation.fill_noise(noise[start : start + generation.num_samples], row)
+        for generation, has_noise in zip(generations, noisy, strict=True):
+            rows_of_generation = noise[start : start + generation.num_samples]
+            if has_noise:
+                generation.fill_noise(rows_of_generation)
+            else:
+                rows_of_generation.zero_()
             start += generation.num_samples
     return host, sizes, has_labels, adds_noise
 
@@ -264,9 +288,10 @@ def denoise_step(
     results: list[StepInfo | BaseException | None] = [None] * len(generations)
     stepping: list[Generation] = []
     coefficients: list[tuple[float, ...]] = []
+    slots = tick_slots([generation for generation in generations if not generation.done])
     for index, generation in enumerate(generations):
         try:
-            coefficients.append(generation.step_coefficients())  # raises when it is done
+            coefficients.append(generation.step_coefficients(slots))  # raises when it is done
         except Exception as error:
             if not return_exceptions:
                 raise
@@ -276,8 +301,9 @@ def denoise_step(
     if not stepping:
         return results  # type: ignore[return-value]
     device = stepping[0].device
-    rows = plan_rows(stepping, device, staging, coefficients)
-    sample = torch.cat([generation.sample for generation in stepping]) if len(stepping) > 1 else stepping[0].sample
+    rows = plan_rows(stepping, device, staging, coefficients, slots)
+    sample = _joined([generation.sample for generation in stepping])
+    history = _joined([generation.history_rows(slots) for generation in stepping]) if slots else None
     conditional = sample.shape[0]
     forward_sample = sample
     if rows.unconditional_rows is not None:
@@ -288,12 +314,22 @@ def denoise_step(
     eps = output[:conditional].float()
     if rows.unconditional_of is not None:
         eps = guided_eps(eps, output.index_select(0, rows.unconditional_of).float(), rows.guidance)
-    stepped = apply_step(eps, sample, rows.coefficients, rows.noise)
+    stepped = apply_step(eps, sample, rows.coefficients, rows.noise, history)
     counts = [generation.num_samples for generation in stepping]
+    histories = stepped.history.split(counts) if stepped.history is not None else [None] * len(stepping)
     infos = iter(
-        generation.commit(SamplerOutput(prev, pred))
-        for generation, prev, pred in zip(
-            stepping, stepped.prev_sample.split(counts), stepped.pred_original_sample.split(counts), strict=True
+        generation.commit(SamplerOutput(prev, pred, kept))
+        for generation, prev, pred, kept in zip(
+            stepping,
+            stepped.prev_sample.split(counts),
+            stepped.pred_original_sample.split(counts),
+            histories,
+            strict=True,
         )
     )
     return [result if result is not None else next(infos) for result in results]
+
+
+def _joined(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors concatenated along rows (one copy), or the one tensor itself."""
+    return torch.cat(tensors) if len(tensors) > 1 else tensors[0]

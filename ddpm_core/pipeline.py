@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from ddpm_core.errors import GenerationCancelled  # also importable from here, as before
-from ddpm_core.samplers import COEF_STD, DDIMSampler, DDPMSampler, SamplerOutput, apply_step, randn_like
+from ddpm_core.sampler_specs import MAX_HISTORY, check_class_label
+from ddpm_core.samplers import SamplerOutput, SpacedSampler, apply_step, randn_like
 
 
 @dataclass
@@ -53,12 +54,9 @@ def resolve_labels(
     if class_labels is None:
         labels = [num_classes] * num_samples
     else:
-        labels = [num_classes if label is None else int(label) for label in list(class_labels)]
+        labels = [num_classes if label is None else check_class_label(label, num_classes) for label in class_labels]
         if len(labels) != num_samples:
             raise ValueError(f"{len(labels)} class labels for {num_samples} samples")
-        bad = [label for label in labels if not 0 <= label <= num_classes]
-        if bad:
-            raise ValueError(f"class label {bad[0]} out of range [0, {num_classes - 1}]")
     return torch.tensor(labels, dtype=torch.long, device=device)
 
 
@@ -114,15 +112,19 @@ class ModelInputs:
 class Generation:
     """One job's reverse process as resumable state, advanced one step at a time.
 
-    It holds x_t (B, *sample_shape), one generator per sample (``seed + i``), the labels and
-    the step index; :meth:`model_inputs` says what the next forward needs, :meth:`advance`
-    applies guidance and the sampler step. The network is called by the owner of the loop:
-    :func:`generate` for one generation, :func:`ddpm_core.batching.denoise_step` for many
+    It holds x_t (B, *sample_shape), a multistep sampler's history, one generator per sample
+    (``seed + i``), the labels and the step index; :meth:`model_inputs` says what the next
+    forward needs, :meth:`advance` applies guidance and the sampler step. The network is called
+    by the owner of the loop: :func:`generate` for one generation, :func:`ddpm_core.batching.denoise_step` for many
     generations sharing one forward. The sampler is only read (its timesteps must be set), so
     generations may share one.
 
     Attributes:
         sample: x_t, (B, *sample_shape) float32; after the last step, the final samples.
+        history: (B, K, *sample_shape) float32, the multistep state (earlier predictions of x_0,
+            UniPC's corrected sample), or None for a one-step sampler. Every multistep
+            generation keeps K = :data:`~ddpm_core.sampler_specs.MAX_HISTORY` slots, so any
+            mix of samplers shares one step (its own sampler uses the first ones).
         labels: (B,) long with the null label ``num_classes`` for unconditional rows, or None
             for an unconditional model.
         generators: B generators, row i's noise comes from generator i alone.
@@ -141,7 +143,7 @@ class Generation:
 
     def __init__(
         self,
-        sampler: DDPMSampler | DDIMSampler,
+        sampler: SpacedSampler,
         *,
         sample_shape: Sequence[int],
         num_samples: int | None = None,
@@ -174,6 +176,11 @@ class Generation:
         shape = (self.num_samples, *self.sample_shape)
         noise = randn_like(torch.empty(shape, device=device, dtype=torch.float32), self.generators)
         self.sample = noise * sampler.init_noise_sigma
+        self.history_slots = MAX_HISTORY if sampler.history else 0
+        self.history = (
+            noise.new_zeros((self.num_samples, self.history_slots, *self.sample_shape)) if sampler.history else None
+        )
+        self._no_history: torch.Tensor | None = None
         self._timesteps = sampler.timesteps.to(device)  # one copy, then indexing: no per-step sync
         self._timestep_values = [int(t) for t in sampler.timesteps.tolist()]
         self.total = len(self._timestep_values)
@@ -183,7 +190,7 @@ class Generation:
             self.needs_unconditional = bool((self.host_labels != self.num_classes).any())
 
     @classmethod
-    def for_model(cls, model: nn.Module, sampler: DDPMSampler | DDIMSampler, **options) -> Generation:
+    def for_model(cls, model: nn.Module, sampler: SpacedSampler, **options) -> Generation:
         """A generation on ``model``'s device with its ``num_classes``; options as the constructor."""
         device = next(model.parameters()).device
         return cls(sampler, device=device, num_classes=int(getattr(model, "num_classes", 0)), **options)
@@ -232,20 +239,36 @@ class Generation:
         conditional, unconditional = output.chunk(2)
         return conditional, unconditional
 
-    def step_coefficients(self) -> tuple[float, ...]:
-        """The sampler's 6 coefficients (:func:`ddpm_core.samplers.apply_step`) of the next step."""
+    def step_coefficients(self, slots: int | None = None) -> tuple[float, ...]:
+        """The sampler's row (:func:`ddpm_core.samplers.apply_step`) of the next step, written for
+        ``slots`` history slots (default: this generation's :attr:`history_slots`)."""
         self._check_not_done()
-        return self.sampler.step_coefficients(self._timestep_values[self.step_index])
+        return self.sampler.step_coefficients(
+            self._timestep_values[self.step_index], self.history_slots if slots is None else slots
+        )
 
-    def fill_noise(self, out: torch.Tensor, coefficients: Sequence[float] | None = None) -> bool:
+    def adds_noise(self) -> bool:
+        """Whether the next step adds noise."""
+        self._check_not_done()
+        return self.sampler.adds_noise(self._timestep_values[self.step_index])
+
+    def history_rows(self, slots: int) -> torch.Tensor:
+        """The history for a step with ``slots`` slots, (B, slots, *sample_shape): :attr:`history`,
+        or zeros that are never written (a one-step sampler beside multistep ones)."""
+        if self.history is not None:
+            return self.history
+        if self._no_history is None or self._no_history.shape[1] != slots:
+            zeros = self.sample.new_zeros((1, slots, *self.sample_shape))
+            self._no_history = zeros.expand(self.num_samples, *zeros.shape[1:])
+        return self._no_history
+
+    def fill_noise(self, out: torch.Tensor) -> bool:
         """Draw the next step's noise into ``out`` (B, prod(sample_shape)) float32 on the CPU,
         row i from generator i; False (and ``out`` zeroed) when the step adds none.
 
         Each row is one draw of its own generator, so a sample's noise depends only on its seed
         and its step, never on its batch or on the device."""
-        if coefficients is None:
-            coefficients = self.step_coefficients()
-        if not coefficients[COEF_STD] > 0:
+        if not self.adds_noise():
             out.zero_()
             return False
         for row, generator in zip(out, self.generators, strict=True):
@@ -253,10 +276,13 @@ class Generation:
         return True
 
     def commit(self, output: SamplerOutput) -> StepInfo:
-        """Take a step's result: x_{t-1} (B, ...) becomes :attr:`sample`; the step's :class:`StepInfo`."""
+        """Take a step's result: x_{t-1} (B, ...) becomes :attr:`sample` (and the new history,
+        for a multistep sampler); the step's :class:`StepInfo`."""
         self._check_not_done()
         timestep = self._timestep_values[self.step_index]
         self.sample = output.prev_sample
+        if self.history is not None:
+            self.history = output.history
         self.step_index += 1
         return StepInfo(self.step_index, self.total, timestep, self.sample, output.pred_original_sample)
 
@@ -287,10 +313,10 @@ class Generation:
             model_output = guided_eps(model_output, eps_uncond.float(), scale)
         coefficients = self.step_coefficients()
         noise = torch.empty((self.num_samples, prod(self.sample_shape)), dtype=torch.float32)
-        has_noise = self.fill_noise(noise, coefficients)
+        has_noise = self.fill_noise(noise)
         noise_rows = noise.view(expected) if has_noise else None
         rows = torch.tensor(coefficients, dtype=torch.float32).expand(self.num_samples, -1).to(self.device)
-        return self.commit(apply_step(model_output, self.sample, rows, noise_rows))
+        return self.commit(apply_step(model_output, self.sample, rows, noise_rows, self.history))
 
     def _check_not_done(self) -> None:
         if self.done:
@@ -300,7 +326,7 @@ class Generation:
 @torch.inference_mode()
 def generate(
     model: nn.Module,
-    sampler: DDPMSampler | DDIMSampler,
+    sampler: SpacedSampler,
     *,
     sample_shape: Sequence[int],
     num_samples: int | None = None,

@@ -21,13 +21,16 @@ def sampler(name: str, steps: int | None = None, eta: float = 0.0):
     return make_sampler(name, SCHEDULE, steps, **({"eta": eta} if name == "ddim" else {}))
 
 
-# (sampler, steps, eta, labels, guidance, seed): DDPM over all 50 steps and DDIM with a few
+# (sampler, steps, eta, labels, guidance, seed): DDPM over all 50 steps, DDIM and the multistep
+# solvers with a few
 JOBS = [
     ("ddpm", None, 0.0, [0, 1], 1.5, 3),
     ("ddim", 10, 0.0, [2, 2, 2], 0.0, 5),
     ("ddim", 7, 1.0, [1, None], 2.0, 9),
     ("ddpm", 12, 0.0, None, 0.5, 11),  # no labels with guidance: no unconditional copy needed
     ("ddim", 5, 0.0, [0], 3.0, 1),
+    ("dpmpp_2m", 8, 0.0, [1, 2], 1.0, 4),
+    ("uni_pc", 6, 0.0, [None, 0, 2], 0.5, 6),
 ]
 
 
@@ -119,7 +122,7 @@ def test_guidance_without_labels_skips_the_unconditional_copy_only_when_asked(mo
 def test_batched_equals_alone_with_jobs_joining_mid_way(model):
     """DDPM and DDIM, several step counts, with and without guidance, in shared forwards;
     jobs join at different steps, leave when done."""
-    joins_at = [0, 0, 3, 7, 20]  # tick at which each job joins
+    joins_at = [0, 0, 3, 7, 20, 2, 9]  # tick at which each job joins
     generations: list[Generation | None] = [None] * len(JOBS)
     mixed_forwards = 0
 
@@ -145,11 +148,11 @@ def test_batched_equals_alone_with_jobs_joining_mid_way(model):
 def test_row_layout_and_chunked_forward(model):
     generations = [new_generation(model, job, skip_null_unconditional=True) for job in JOBS]
     rows = forward_rows(generations)
-    assert rows == 4 + 3 + 4 + 2 + 2
+    assert rows == 4 + 3 + 4 + 2 + 2 + 4 + 6
     sample, timesteps, labels = batch_inputs(generations)
     assert sample.shape == (rows, *SHAPE) and timesteps.shape == (rows,) and labels.shape == (rows,)
     # conditional rows of every generation first, then the unconditional copies
-    assert labels.tolist() == [0, 1, 2, 2, 2, 1, 3, 3, 3, 0] + [3, 3, 3, 3, 3]
+    assert labels.tolist() == [0, 1, 2, 2, 2, 1, 3, 3, 3, 0, 1, 2, 3, 0, 2] + [3] * 10
     sizes = []
 
     def forward(x, t, y):
@@ -168,7 +171,7 @@ def test_row_layout_and_chunked_forward(model):
 def test_an_error_advancing_one_generation_spares_the_others(model):
     generations = [new_generation(model, job) for job in JOBS[:3]]
 
-    def broken():
+    def broken(*args):
         raise RuntimeError("broken sampler")
 
     generations[1].step_coefficients = broken
@@ -190,3 +193,39 @@ def test_unconditional_models_batch_and_do_not_mix_with_conditional_ones(model):
         assert_close_in_pixels(generation.sample, alone(unconditional, job))
     with pytest.raises(ValueError, match="conditional"):
         batch_inputs([new_generation(unconditional, jobs[0]), new_generation(model, JOBS[0])])
+
+
+
+class RowwiseModel(torch.nn.Module):
+    """A stand-in for the network that works row by row in exact elementwise arithmetic, so a
+    row's output cannot depend on what else shares its batch (a real U-Net's can, by float noise)."""
+
+    num_classes = TINY.num_classes
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # for the device
+
+    def forward(self, x, t, labels):
+        scale = (t.float() + 1).reshape(-1, 1, 1, 1) / 50
+        shift = 0.0 if labels is None else labels.float().reshape(-1, 1, 1, 1) / 7
+        return torch.tanh(x) * scale + shift
+
+
+def test_a_tick_mixing_every_sampler_is_bit_identical_to_each_job_alone():
+    """Every sampler (one-step and multistep, each job with its own history) in one vectorised
+    step, jobs joining at different ticks: each job's samples are exactly what generate() gives
+    it alone with the same (row-independent) forward."""
+    rowwise = RowwiseModel()
+    assert {job[0] for job in JOBS} == {"ddpm", "ddim", "dpmpp_2m", "uni_pc"}
+    joins_at = [0, 1, 1, 4, 0, 2, 3]
+    generations: list[Generation | None] = [None] * len(JOBS)
+    tick = 0
+    while tick == 0 or any(g is None or not g.done for g in generations):
+        for index, job in enumerate(JOBS):
+            if joins_at[index] == tick:
+                generations[index] = new_generation(rowwise, job)
+        denoise_step([g for g in generations if g is not None and not g.done], rowwise)
+        tick += 1
+    for generation, job in zip(generations, JOBS, strict=True):
+        torch.testing.assert_close(generation.sample, alone(rowwise, job), rtol=0, atol=0)

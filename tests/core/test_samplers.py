@@ -8,21 +8,34 @@ from ddpm_core import DDIMSampler, DDPMSampler, NoiseSchedule
 from ddpm_core.samplers import spaced_timesteps
 
 
-def test_spaced_timesteps():
-    assert spaced_timesteps(1000, 1000) == list(range(1000))
-    kept = spaced_timesteps(1000, 50)
-    assert len(kept) == 50 and kept[0] == 0 and kept[-1] == 999
-    assert len(set(spaced_timesteps(1000, 999))) == 999
+@pytest.mark.parametrize("spacing", ["trailing", "linspace"])
+def test_spaced_timesteps(spacing):
+    assert spaced_timesteps(1000, 1000, spacing) == list(range(1000))
+    for total, steps in [(1000, 50), (1000, 999), (1000, 3), (100, 7), (350, 8), (350, 349), (5, 1)]:
+        kept = spaced_timesteps(total, steps, spacing)
+        assert len(kept) == steps and kept[-1] == total - 1  # starts from the last training step
+        assert all(a < b for a, b in zip(kept, kept[1:], strict=False)) and kept[0] >= 0
     with pytest.raises(ValueError):
-        spaced_timesteps(1000, 0)
+        spaced_timesteps(1000, 0, spacing)
     with pytest.raises(ValueError):
-        spaced_timesteps(1000, 1001)
+        spaced_timesteps(1000, 1001, spacing)
+
+
+def test_trailing_spacing_leaves_no_step_between_t0_and_the_clean_sample():
+    """Trailing: 999, 899, ..., 99 for 10 of 1000 (the last step goes from t = 99 to x_0);
+    linspace keeps t = 0, a step that barely changes anything."""
+    assert spaced_timesteps(1000, 10) == list(range(99, 1000, 100))
+    assert spaced_timesteps(1000, 10, "linspace")[0] == 0
+    with pytest.raises(ValueError, match="spacing"):
+        spaced_timesteps(1000, 10, "leading")
 
 
 def test_sampler_timesteps_descend():
     sampler = DDIMSampler(NoiseSchedule.linear(1000))
     sampler.set_timesteps(10)
     assert sampler.timesteps.tolist() == sorted(spaced_timesteps(1000, 10), reverse=True)
+    sampler.set_timesteps(10, spacing="linspace")
+    assert sampler.timesteps.tolist()[-1] == 0
     ddpm = DDPMSampler(NoiseSchedule.linear(1000))
     assert len(ddpm.timesteps) == 1000 and ddpm.timesteps[0] == 999 and ddpm.timesteps[-1] == 0
 

@@ -105,6 +105,35 @@ def test_batched_equals_alone_for_mixed_samplers_steps_and_guidance(model):
     assert stats.mean_rows_per_tick == pytest.approx(stats.rows / 50) and 0 < stats.occupancy < 1
 
 
+def test_every_sampler_shares_ticks_and_each_equals_its_job_alone(model):
+    """DDPM, DDIM and the multistep solvers (their history kept per job) in the same ticks; a
+    multistep job cancelled mid-way ends cancelled and the others are unaffected."""
+    requests = [
+        EngineRequest(n=2, sampler="uni_pc", steps=8, digit=1, guidance=1.0, seed=21),
+        EngineRequest(n=1, sampler="dpmpp_2m", steps=6, seed=22),
+        EngineRequest(n=2, sampler="ddim", steps=9, labels=(2, None), guidance=0.5, seed=23),
+        EngineRequest(n=1, sampler="ddpm", steps=10, digit=0, seed=24),
+        EngineRequest(n=1, sampler="uni_pc", steps=12, digit=2, seed=25),  # cancelled at its step 4
+    ]
+    engine, recorder = make_engine(model)
+    jobs = []
+
+    def cancel_last(info):
+        if info.step == 4:
+            jobs[-1].cancel()
+
+    with engine:
+        jobs.extend(engine.submit(request) for request in requests[:-1])
+        jobs.append(engine.submit(requests[-1], on_step=cancel_last))
+        engine.start()
+        results = [job.result(WAIT) for job in jobs[:-1]]
+        assert isinstance(jobs[-1].exception(WAIT), GenerationCancelled)
+    assert {job.started_tick for job in jobs} == {0} and recorder.sizes[0] == 4 + 1 + 4 + 1 + 1
+    assert jobs[-1].status == "cancelled" and jobs[-1].step == 4
+    for request, result in zip(requests, results, strict=False):
+        assert_close_in_pixels(result, alone(model, request))
+
+
 def test_a_job_joins_while_others_are_mid_way(model):
     engine, recorder = make_engine(model)
     first, late = REQUESTS[0], REQUESTS[2]

@@ -19,7 +19,8 @@ import torch
 from ddpm_core.batching import Forward, HostStaging, denoise_step
 from ddpm_core.compiled import dummy_inputs
 from ddpm_core.pipeline import Generation, StepInfo
-from ddpm_core.samplers import SAMPLERS, DDIMSampler, DDPMSampler, make_sampler
+from ddpm_core.sampler_specs import DDIM, check_class_label
+from ddpm_core.samplers import SpacedSampler, make_sampler
 from ddpm_core.schedule import NoiseSchedule
 from worker.engine.request_state import EngineRequest
 
@@ -82,7 +83,7 @@ class StepExecutor:
         self.device = device
         self.num_classes = num_classes
         self.max_batch = max_batch
-        self._samplers: dict[tuple[str, int | None, float], DDPMSampler | DDIMSampler] = {}
+        self._samplers: dict[tuple[str, int | None, float], SpacedSampler] = {}
         self._samplers_lock = threading.Lock()
         self._upload = HostStaging(pin=device.type == "cuda")  # reused: each tick waits for its end
 
@@ -94,17 +95,16 @@ class StepExecutor:
         """
         if request.n < 1:
             raise ValueError("n must be at least 1")
-        if request.eta and request.sampler != "ddim":
-            raise ValueError("eta is for the ddim sampler only")
+        if request.eta and request.sampler != DDIM.name:
+            raise ValueError(f"eta is for the {DDIM.name} sampler only")
         if request.time_limit_s is not None and request.time_limit_s <= 0:
             raise ValueError("time_limit_s must be positive")
         if request.seeds is not None and len(request.seeds) != request.n:
             raise ValueError(f"{len(request.seeds)} seeds for {request.n} samples")
         labels = request.class_labels()
         for label in labels or ():
-            if label is not None and not 0 <= int(label) < self.num_classes:
-                # the null label num_classes is spelt None here
-                raise ValueError(f"class label {label} out of range [0, {self.num_classes - 1}]")
+            if label is not None:  # the null label num_classes is spelt None here
+                check_class_label(label, self.num_classes)
         return Generation(
             self.sampler(request.sampler, request.steps, request.eta),
             sample_shape=self.sample_shape,
@@ -117,15 +117,14 @@ class StepExecutor:
             skip_null_unconditional=True,
         )
 
-    def sampler(self, name: str, steps: int | None, eta: float) -> DDPMSampler | DDIMSampler:
-        """Samplers are read-only once their timesteps are set, so jobs share them."""
-        if name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+    def sampler(self, name: str, steps: int | None, eta: float) -> SpacedSampler:
+        """Samplers are read-only once their timesteps are set, so jobs share them (and their
+        tables of step rows)."""
         key = (name, steps, float(eta))
         with self._samplers_lock:
             sampler = self._samplers.get(key)
         if sampler is None:
-            options = {"eta": float(eta)} if name == "ddim" else {}
+            options = {"eta": float(eta)} if name == DDIM.name else {}
             sampler = make_sampler(name, self.schedule, steps, **options)
             with self._samplers_lock:
                 sampler = self._samplers.setdefault(key, sampler)

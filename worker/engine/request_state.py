@@ -102,7 +102,7 @@ class EngineRequest:
 
     Attributes:
         n: number of samples, >= 1.
-        sampler: 'ddpm' or 'ddim'.
+        sampler: a name of :data:`~ddpm_core.sampler_specs.SAMPLER_NAMES`.
         steps: inference steps; None: all of the model's training steps.
         eta: DDIM's eta (0: deterministic); must stay 0 for DDPM.
         guidance: classifier-free guidance scale w >= 0 (eps = c + w (c - u)).
