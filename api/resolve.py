@@ -12,6 +12,7 @@ from contract.registry import ModelInfo
 from contract.samples import sample_kind
 from contract.settings import Limits
 from contract.spec import MAX_REDRAW_ROUNDS, JobSpec
+from ddpm_core.sampler_specs import check_class_label, sampler_spec
 
 DEFAULT_N = 16
 LISTED_CLASSES = 20  # an error lists at most this many class names
@@ -30,18 +31,10 @@ def resolve_spec(request: GenerateRequest, model: ModelInfo, limits: Limits) -> 
     """The job ``request`` asks for on ``model``; raises :class:`FieldError`."""
     class_index = resolve_class(request, model)
     n = resolve_n(request, model, limits)
-    total = model.num_train_timesteps
-    if request.sampler == "ddim":
-        steps = request.steps if request.steps is not None else min(limits.default_ddim_steps, total)
-        low = min(limits.min_steps, total)
-        if not low <= steps <= total:
-            raise FieldError("steps", f"must be between {low} and {total} for model {model.name!r}")
-    else:
-        if request.steps is not None and request.steps != total:
-            raise FieldError(
-                "steps", f"the ddpm sampler runs all {total} training steps; use sampler 'ddim' to choose steps"
-            )
-        steps = total
+    try:
+        steps = sampler_spec(request.sampler).resolve_steps(request.steps, model.num_train_timesteps, limits.min_steps)
+    except ValueError as error:
+        raise FieldError("steps", f"{error} (model {model.name!r})") from None
     guidance = request.guidance if request.guidance is not None else model.default_guidance
     if guidance > limits.max_guidance:
         raise FieldError("guidance", f"must be at most {limits.max_guidance}")
@@ -69,8 +62,10 @@ def resolve_class(request: GenerateRequest, model: ModelInfo) -> int | None:
     if request.digit is not None:
         if not model.class_names:
             raise FieldError("digit", f"model {model.name!r} is unconditional; omit digit")
-        if request.digit >= len(model.class_names):
-            raise FieldError("digit", f"must be between 0 and {len(model.class_names) - 1} for model {model.name!r}")
+        try:
+            check_class_label(request.digit, len(model.class_names))
+        except ValueError as error:
+            raise FieldError("digit", f"{error} for model {model.name!r}") from None
         if by_class is not None and by_class != request.digit:
             raise FieldError(
                 "class",

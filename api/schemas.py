@@ -20,6 +20,7 @@ from contract.registry import ModelInfo
 from contract.samples import SampleKind, sample_kind
 from contract.settings import Limits
 from contract.spec import MAX_REDRAW_ROUNDS, MAX_SEED, JobSpec, Sampler
+from ddpm_core.sampler_specs import DEFAULT_SAMPLER, FAST_SAMPLER, SAMPLER_SPECS, SamplerSpec, describe_samplers
 
 ClassIndex = Annotated[int, Field(strict=True, ge=0)]
 ClassName = Annotated[str, Field(strict=True, min_length=1, max_length=200)]
@@ -62,9 +63,13 @@ class GenerateRequest(BaseModel):
         "digits 0-9); given with class, both must name the same class",
     )
     n: Annotated[int, Field(strict=True, ge=1)] = Field(16, description="number of samples")
-    sampler: Sampler = Field("ddpm", description="ddpm runs all training steps; ddim takes steps")
+    sampler: Sampler = Field(
+        DEFAULT_SAMPLER,
+        description=f"how to run the reverse process (default {DEFAULT_SAMPLER}): {describe_samplers()}",
+        json_schema_extra={"x-enumDescriptions": {spec.name: spec.description for spec in SAMPLER_SPECS}},
+    )
     steps: Annotated[int, Field(strict=True, ge=1)] | None = Field(
-        None, description="DDIM steps, up to the model's training steps; ddpm: omit, or the model's training steps"
+        None, description="the sampler's steps (GET /models: steps of each model); ddpm: omit, or all training steps"
     )
     guidance: Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)] | None = Field(
         None, description="classifier-free guidance scale (default: the model's)"
@@ -103,11 +108,12 @@ def generate_request_model(limits: Limits) -> type[GenerateRequest]:
             ),
         ),
         steps=(
-            Annotated[int, Field(strict=True, ge=limits.min_steps)] | None,
+            Annotated[int, Field(strict=True, ge=fewest_steps(limits))] | None,
             Field(
                 None,
-                description=f"DDIM steps, {limits.min_steps} to the model's training steps (default "
-                f"{limits.default_ddim_steps}); ddpm: omit, or the model's training steps",
+                description="the sampler's steps, up to the model's training steps: "
+                + "; ".join(_steps_text(spec, limits) for spec in SAMPLER_SPECS)
+                + " (GET /models: steps, each model's ranges)",
             ),
         ),
         guidance=(
@@ -115,6 +121,17 @@ def generate_request_model(limits: Limits) -> type[GenerateRequest]:
             Field(None, description=f"classifier-free guidance, 0 to {limits.max_guidance} (default: the model's)"),
         ),
     )
+
+
+def fewest_steps(limits: Limits) -> int:
+    """The fewest steps any sampler may take (the request schema's lower bound)."""
+    return min(spec.fewest_steps(limits.min_steps) for spec in SAMPLER_SPECS if spec.chooses_steps)
+
+
+def _steps_text(spec: SamplerSpec, limits: Limits) -> str:
+    if not spec.chooses_steps:
+        return f"{spec.name}: all"
+    return f"{spec.name}: {spec.fewest_steps(limits.min_steps)} or more (default {spec.default_steps})"
 
 
 class JobLinks(BaseModel):
@@ -199,6 +216,19 @@ class CancelAnswer(BaseModel):
     cancel_requested: bool
 
 
+class StepRange(BaseModel):
+    """One sampler's steps on one model: ``min`` to ``max``, ``default`` when a request gives none."""
+
+    min: int
+    max: int
+    default: int
+
+    @classmethod
+    def of(cls, spec: SamplerSpec, total: int, limits: Limits) -> StepRange:
+        low, high = spec.step_range(total, limits.min_steps)
+        return cls(min=low, max=high, default=spec.resolve_steps(None, total, limits.min_steps))
+
+
 class ModelView(BaseModel):
     """One model on offer, as ``GET /models`` shows it (never where its file is)."""
 
@@ -219,6 +249,7 @@ class ModelView(BaseModel):
     parameter_count: int
     weights_sha256: str
     n_limit: int = Field(description="most samples one job of this model may ask for")
+    steps: dict[str, StepRange] = Field(description="each sampler's steps on this model (POST /generate: steps)")
     check: CheckPlan = Field(description="whether each job's samples are checked, and by what or why not")
 
     @classmethod
@@ -227,8 +258,29 @@ class ModelView(BaseModel):
             **info.model_dump(),
             kind=sample_kind(info.sample_shape),
             n_limit=limits.n_limit(info.sample_shape),
+            steps={spec.name: StepRange.of(spec, info.num_train_timesteps, limits) for spec in SAMPLER_SPECS},
             check=check,
         )
+
+
+class SamplerView(BaseModel):
+    """A sampler on offer (``GET /models``: samplers), from the registry ``ddpm_core.sampler_specs``."""
+
+    name: str = Field(description="the value of POST /generate's sampler")
+    title: str
+    description: str
+    chooses_steps: bool = Field(description="whether a request chooses its steps (false: all training steps)")
+    min_steps: int | None = Field(
+        description="fewest steps a request may ask for (fewer on a model trained with fewer); null: runs all"
+    )
+    default_steps: int | None = Field(description="steps when a request gives none; null: all training steps")
+    history: int = Field(description="tensors each sample keeps between steps besides x_t (0: one-step)")
+    deterministic: bool = Field(description="no noise after x_T: a seed gives the same samples every time")
+
+    @classmethod
+    def of(cls, spec: SamplerSpec, limits: Limits) -> SamplerView:
+        fields = {name: getattr(spec, name) for name in cls.model_fields}
+        return cls(**{**fields, "min_steps": spec.fewest_steps(limits.min_steps)})
 
 
 class ModelList(BaseModel):
@@ -237,6 +289,21 @@ class ModelList(BaseModel):
     default: str
     models: list[ModelView]
     limits: Limits
+    samplers: list[SamplerView] = Field(description="the samplers on offer, in the order the page lists them")
+    default_sampler: str = Field(description="the sampler a request without one gets: the full reverse process")
+    fast_sampler: str = Field(description="the page's default: close to the full reverse process in a few steps")
+
+    @classmethod
+    def of(cls, default: str, models: list[ModelView], limits: Limits) -> ModelList:
+        samplers = [SamplerView.of(spec, limits) for spec in SAMPLER_SPECS]
+        return cls(
+            default=default,
+            models=models,
+            limits=limits,
+            samplers=samplers,
+            default_sampler=DEFAULT_SAMPLER,
+            fast_sampler=FAST_SAMPLER,
+        )
 
 
 class KeyRequirements(BaseModel):

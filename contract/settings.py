@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.samples import pixels_per_sample, sample_kind
@@ -34,8 +34,10 @@ class Limits(BaseModel):
     max_n: int = Field(description="most images in one job, whatever their size")
     max_pixels_per_job: int = Field(description="most image pixels (height x width, all samples) in one job")
     max_points_per_job: int = Field(description="most samples (points) in one job of a point model")
-    min_steps: int = Field(description="fewest DDIM steps")
-    default_ddim_steps: int = Field(description="DDIM steps when none are given")
+    min_steps: int | None = Field(
+        description="fewest steps of every sampler that chooses its steps (DDPM_MIN_STEPS); null: each "
+        "sampler's own (GET /models: samplers)"
+    )
     max_guidance: float = Field(description="largest classifier-free guidance scale")
 
     def n_limit(self, sample_shape: Sequence[int]) -> int:
@@ -70,8 +72,9 @@ class Settings(BaseSettings):
     # 256 x 256 pixels: 64 MNIST digits (28 x 28, capped by max_n), 16 images of 64 x 64
     max_pixels_per_job: int = Field(256 * 256, ge=1)
     max_points_per_job: int = Field(10_000, ge=1, le=1_000_000)  # samples per job of a point model
-    min_steps: int = Field(10, ge=1)
-    default_ddim_steps: int = Field(50, ge=1)
+    # the fewest steps of every sampler that chooses them; None: each sampler's own (ddim 10, the
+    # multistep solvers 5: ddpm_core.sampler_specs)
+    min_steps: int | None = Field(None, ge=1)
     max_guidance: float = Field(10.0, ge=0, allow_inf_nan=False)
     api_keys: str = ""  # comma-separated; empty: no key needed
     protect_reads: bool = False  # with API keys: reading jobs, events and results needs a key too
@@ -103,15 +106,6 @@ class Settings(BaseSettings):
     gif_frames: int = Field(40, ge=2)
     progress_interval_s: float = Field(0.1, ge=0)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Settings:
-        if self.default_ddim_steps < self.min_steps:
-            raise ValueError(
-                f"DDPM_DEFAULT_DDIM_STEPS ({self.default_ddim_steps}) must be at least "
-                f"DDPM_MIN_STEPS ({self.min_steps})"
-            )
-        return self
-
     @property
     def limits(self) -> Limits:
         return Limits(
@@ -119,7 +113,6 @@ class Settings(BaseSettings):
             max_pixels_per_job=self.max_pixels_per_job,
             max_points_per_job=self.max_points_per_job,
             min_steps=self.min_steps,
-            default_ddim_steps=self.default_ddim_steps,
             max_guidance=self.max_guidance,
         )
 

@@ -12,10 +12,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ddpm_core.sampler_specs import SAMPLER_NAMES, describe_samplers
+
 MAX_SEED = 2**63 - 1
 MAX_REDRAW_ROUNDS = 2  # rounds of redrawing the samples the digit check reads as another digit
-Sampler = Literal["ddpm", "ddim"]
-SAMPLERS: tuple[Sampler, ...] = ("ddpm", "ddim")
+Sampler = Literal[SAMPLER_NAMES]  # the registry's names (ddpm_core.sampler_specs), as one type
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
@@ -27,7 +28,7 @@ class JobSpec(BaseModel):
 
     model: str = Field(min_length=1, max_length=200, description="model name (file stem in the model directory)")
     weights_sha256: Sha256 = Field(description="SHA-256 of the checkpoint file the job must run with")
-    sampler: Sampler = Field(description="ddpm: ancestral, every training step; ddim: spaced, deterministic")
+    sampler: Sampler = Field(description=describe_samplers())
     steps: int = Field(ge=1, description="the exact number of denoising steps the sampler takes")
     guidance: float = Field(ge=0, allow_inf_nan=False, description="classifier-free guidance scale used")
     seed: int = Field(ge=0, le=MAX_SEED, description="base seed: sample i uses seed + i")

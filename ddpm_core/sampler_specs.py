@@ -45,13 +45,17 @@ class SamplerSpec:
     history: int
     deterministic: bool
 
-    def step_range(self, total: int, floor: int | None = None) -> tuple[int, int]:
-        """(fewest, most) steps for a model trained with ``total`` steps; ``floor`` (the
-        operator's ``DDPM_MIN_STEPS``, when set) replaces :attr:`min_steps`."""
+    def fewest_steps(self, floor: int | None = None) -> int | None:
+        """The fewest steps a request may ask for on a long enough model: :attr:`min_steps`, or
+        ``floor`` (the operator's ``DDPM_MIN_STEPS``) when set; None when it runs all steps."""
         if not self.chooses_steps:
-            return total, total
-        low = self.min_steps if floor is None else floor
-        return min(low, total), total
+            return None
+        return self.min_steps if floor is None else floor
+
+    def step_range(self, total: int, floor: int | None = None) -> tuple[int, int]:
+        """(fewest, most) steps on a model trained with ``total`` steps (see :meth:`fewest_steps`)."""
+        fewest = self.fewest_steps(floor)
+        return (total, total) if fewest is None else (min(fewest, total), total)
 
     def resolve_steps(self, steps: int | None, total: int, floor: int | None = None) -> int:
         """The steps a request gets: ``steps`` within :meth:`step_range`, or the default.

@@ -5,6 +5,7 @@ Everything runs on tiny data written by the tests; no shared MNIST, no downloads
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -361,7 +362,7 @@ def test_evaluate_guidance_sweep_prints_a_list(workspace, capsys):
     ("change", "message"),
     [
         ({"--checkpoint": "missing.safetensors"}, "does not exist"),
-        ({"--checkpoint": "checkerboard.safetensors"}, "28x28"),
+        ({"--data-dir": "missing-dir"}, "missing-dir"),
         ({"--per-class": "0"}, "--per-class"),
         ({"--classifier": "missing.safetensors"}, "does not exist"),
         ({"--min-classifier-accuracy": "1.01"}, "below --min-classifier-accuracy"),
@@ -370,10 +371,60 @@ def test_evaluate_guidance_sweep_prints_a_list(workspace, capsys):
 def test_evaluate_rejects_bad_inputs(workspace, capsys, change, message):
     args = evaluate_args(workspace)
     for flag, value in change.items():
-        args[args.index(flag) + 1] = value if flag not in ("--checkpoint", "--classifier") else str(workspace / value)
+        paths = ("--checkpoint", "--classifier", "--data-dir")
+        args[args.index(flag) + 1] = str(workspace / value) if flag in paths else value
     assert main(args) != 0
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.strip().splitlines()  # INFO logs may precede the error when logging goes to stderr
     assert lines[-1].startswith("ddpm: error:") and message in lines[-1], captured.err
     assert sum(line.startswith("ddpm:") for line in lines) == 1 and "Traceback" not in captured.err
+
+
+def test_evaluate_sweep_writes_csv_table_and_plot(workspace, capsys, tmp_path):
+    """Every sampler x steps of the sweep drawn with the same seeds, measured and timed side by side."""
+    sweep = "ddim:2,3 uni_pc:2 dpmpp_2m:3 ddim@linspace:2 ddpm"
+    files = {"--csv": tmp_path / "sweep.csv", "--table": tmp_path / "sweep.md", "--plot": tmp_path / "sweep.png"}
+    args = evaluate_args(workspace, "--per-class", "1", "--sweep", sweep, "--no-progress")
+    args += [part for flag, path in files.items() for part in (flag, str(path))]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(row["sampler"], row["steps"], row["spacing"]) for row in rows] == [
+        ("ddim", 2, "trailing"), ("ddim", 3, "trailing"), ("uni_pc", 2, "trailing"), ("dpmpp_2m", 3, "trailing"),
+        ("ddim", 2, "linspace"), ("ddpm", 50, "trailing"),
+    ]  # fmt: skip
+    assert all(row["fid"] >= 0 and 0 <= row["accuracy"] <= 1 and row["seconds_per_sample"] > 0 for row in rows)
+    assert all(row["samples"] == 10 and row["fid_floor"] is not None for row in rows)
+    with files["--csv"].open() as handle:
+        table = list(csv.DictReader(handle))
+    assert [(row["sampler"], int(row["steps"])) for row in table] == [(r["sampler"], r["steps"]) for r in rows]
+    assert float(table[0]["fid"]) == pytest.approx(rows[0]["fid"])
+    markdown = files["--table"].read_text().splitlines()
+    assert markdown[0].startswith("| sampler | steps | accuracy | FID") and len(markdown) == 2 + len(rows)
+    assert "| ddim (linspace) | 2 |" in files["--table"].read_text()
+    assert files["--plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_measures_a_point_model_on_the_board(workspace, capsys):
+    """A 2D model needs no data or classifier: the fraction of its points on the black squares."""
+    checkpoint = str(workspace / "checkerboard.safetensors")
+    args = ["evaluate", "--checkpoint", checkpoint, "--points", "300", "--sweep", "ddim:3 uni_pc:3", "--no-progress"]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(row["sampler"], row["steps"]) for row in rows] == [("ddim", 3), ("uni_pc", 3)]
+    assert all(0 <= row["on_squares"] <= 1 and row["fid"] is None and row["samples"] == 300 for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        ("euler:5", "unknown sampler 'euler'"),
+        ("ddpm:10", "runs all training steps"),
+        ("ddim:five", "whole numbers"),
+        ("ddim@leading:5", "unknown spacing"),
+    ],
+)
+def test_a_bad_sweep_is_one_line(workspace, capsys, sweep, message):
+    assert main(evaluate_args(workspace, "--sweep", sweep)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ddpm: error: --sweep") and message in err[-1]

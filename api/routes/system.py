@@ -22,7 +22,7 @@ async def list_models(registry: deps.RegistryDep, settings: deps.SettingsDep) ->
     """The models on offer, read from their checkpoint headers: kind, classes, sample shape, the
     most samples one job may ask for, whether results are checked; and the request limits."""
     models = await run_in_threadpool(_model_views, registry, settings)
-    return ModelList(default=registry.default_name(), models=models, limits=settings.limits)
+    return ModelList.of(registry.default_name(), models, settings.limits)
 
 
 def _model_views(registry: ModelRegistry, settings: Settings) -> list[ModelView]:

@@ -1,6 +1,9 @@
-"""``ddpm evaluate``: classifier accuracy and classifier-feature FID of generated MNIST digits.
+"""``ddpm evaluate``: how good a checkpoint's samples are, for one sampler or a sweep of them.
 
-Prints one JSON object (or, with ``--guidance-sweep``, a JSON list of one object per scale).
+An MNIST model: the accuracy of a separate classifier on K digits per class and the FID in its
+features against the test set, beside the train-vs-test floor. The 2D checkerboard: the fraction
+of points on the black squares. Prints one JSON object (a JSON list with ``--guidance-sweep`` or
+``--sweep``); a sweep can also write a CSV, a Markdown table and a plot.
 """
 
 from __future__ import annotations
@@ -11,11 +14,22 @@ import logging
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from ddpm_core.checkpoint import load_checkpoint
 from ddpm_core.errors import UsageError
 from ddpm_core.evaluation.classifier import load_classifier
-from ddpm_core.evaluation.evaluate import EvalSettings, build_reference, check_checkpoint, evaluate_checkpoint
+from ddpm_core.evaluation.evaluate import (
+    POINTS_SHAPE,
+    EvalSettings,
+    build_reference,
+    check_checkpoint,
+    evaluate_checkpoint,
+    evaluate_points,
+    warm_up,
+)
+from ddpm_core.evaluation.sweep import DEFAULT_SWEEP, markdown_table, parse_sweep, plot_sweep, run_sweep, write_csv
+from ddpm_core.sampler_specs import DEFAULT_SAMPLER, SAMPLER_NAMES, describe_samplers
 
 logger = logging.getLogger(__name__)
 
@@ -38,19 +52,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``ddpm evaluate`` and its options to the ``ddpm`` subcommands."""
     parser = subparsers.add_parser(
         "evaluate",
-        help="score an MNIST checkpoint (classifier accuracy, FID)",
+        help="score a checkpoint's samples (classifier accuracy and FID; points on the checkerboard)",
         description=(
             "Generate K digits per class, report the accuracy of a separate MNIST classifier on them "
-            "and the FID to the test set in that classifier's features, beside the train-vs-test floor."
+            "and the FID to the test set in that classifier's features, beside the train-vs-test floor; "
+            "for a 2D checkerboard model, the fraction of points on the black squares. --sweep compares "
+            "samplers and step counts side by side."
         ),
     )
     parser.add_argument("--checkpoint", required=True, type=Path)
-    parser.add_argument("--data-dir", required=True, type=Path, help="directory of the MNIST IDX files")
+    parser.add_argument("--data-dir", type=Path, help="directory of the MNIST IDX files (image models)")
     parser.add_argument("--per-class", type=int, default=100, help="samples per class (default 100)")
-    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
-    parser.add_argument("--steps", type=int, help="sampling steps (default: all training steps)")
+    parser.add_argument("--points", type=int, default=10_000, help="points drawn from a 2D model (default 10000)")
+    parser.add_argument(
+        "--sampler",
+        choices=SAMPLER_NAMES,
+        default=DEFAULT_SAMPLER,
+        help=f"default {DEFAULT_SAMPLER}: {describe_samplers()}",
+    )
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the sampler's; ddpm: all)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the checkpoint's)")
     parser.add_argument("--guidance-sweep", type=float_list, help="evaluate each scale, e.g. 0,0.5,1,2,4")
+    parser.add_argument(
+        "--sweep",
+        nargs="?",
+        const=DEFAULT_SWEEP,
+        metavar="SAMPLERS",
+        help=f"evaluate every sampler at every step count, 'name[@spacing]:steps,... name ...' (alone: "
+        f"'{DEFAULT_SWEEP}')",
+    )
+    parser.add_argument("--csv", type=Path, help="with --sweep: write the rows as CSV")
+    parser.add_argument("--plot", type=Path, help="with --sweep: write a PNG plot of quality against steps")
+    parser.add_argument("--table", type=Path, help="with --sweep: write the rows as a Markdown table")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=100, help="samples generated per batch (default 100)")
     parser.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER)
@@ -61,44 +94,89 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="refuse to report when the classifier's own test accuracy is lower (default 0.99)",
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (none when stderr is not a terminal)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``ddpm evaluate`` with parsed ``args``; returns the exit status."""
-    if args.per_class < 1:
-        raise UsageError("--per-class must be at least 1")
-    if args.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
+    _check_options(args)
     if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     checkpoint = load_checkpoint(args.checkpoint, device="cpu")
-    classifier = load_classifier(args.classifier)
-    check_checkpoint(checkpoint, classifier.model.config.num_classes)
+    is_points = checkpoint.sample_shape == POINTS_SHAPE
     default_guidance = checkpoint.defaults.default_guidance
     scales = args.guidance_sweep or (args.guidance if args.guidance is not None else default_guidance,)
     if args.guidance_sweep and checkpoint.num_classes == 0:
         raise UsageError(f"{args.checkpoint} is an unconditional model: --guidance-sweep needs class labels")
-    if args.guidance_sweep and args.guidance is not None:
-        raise UsageError("give --guidance or --guidance-sweep, not both")
-    settings = [
-        EvalSettings(
-            per_class=args.per_class,
-            sampler=args.sampler,
-            steps=args.steps,
-            guidance=scale,
-            seed=args.seed,
-            batch_size=args.batch_size,
-        )
-        for scale in scales
-    ]
-    reference = build_reference(classifier, args.data_dir)
-    if reference.classifier_test_accuracy < args.min_classifier_accuracy:
-        raise UsageError(
-            f"the classifier {args.classifier} is {reference.classifier_test_accuracy:.4f} accurate on the test set "
-            f"in {args.data_dir}, below --min-classifier-accuracy {args.min_classifier_accuracy}"
-        )
-    results = [evaluate_checkpoint(checkpoint, classifier, reference, setting) for setting in settings]
+    points = parse_sweep(args.sweep) if args.sweep else None
+
+    def settings(sampler: str, steps: int | None, spacing: str, guidance: float) -> EvalSettings:
+        return EvalSettings(args.per_class, sampler, steps, guidance, args.seed, args.batch_size, spacing)
+
+    if is_points:
+        per_point = args.points
+
+        def evaluate(chosen: EvalSettings, progress) -> dict:
+            return evaluate_points(checkpoint, chosen, args.points, progress)
+    else:
+        if args.data_dir is None:
+            raise UsageError(f"{args.checkpoint} draws images: give --data-dir, the directory of the MNIST files")
+        classifier = load_classifier(args.classifier)
+        check_checkpoint(checkpoint, classifier.model.config.num_classes)
+        per_point = args.per_class * classifier.model.config.num_classes
+        reference = build_reference(classifier, args.data_dir)
+        if reference.classifier_test_accuracy < args.min_classifier_accuracy:
+            raise UsageError(
+                f"the classifier {args.classifier} is {reference.classifier_test_accuracy:.4f} accurate on the test "
+                f"set in {args.data_dir}, below --min-classifier-accuracy {args.min_classifier_accuracy}"
+            )
+
+        def evaluate(chosen: EvalSettings, progress) -> dict:
+            return evaluate_checkpoint(checkpoint, classifier, reference, chosen, progress)
+
+    jobs = points if points is not None else [None] * len(scales)
+    warm_up(checkpoint, args.batch_size)
+    disable = True if args.no_progress else None  # None: tqdm shows a bar on a terminal only
+    with tqdm(total=per_point * len(jobs), unit="sample", desc="evaluate", disable=disable) as bar:
+        if points is not None:
+            rows = run_sweep(
+                points,
+                lambda point: evaluate(settings(point.sampler, point.steps, point.spacing, scales[0]), bar.update),
+            )
+            _write_sweep(args, rows, checkpoint.path.name, scales[0] if checkpoint.num_classes else 0.0)
+            print(json.dumps([row.__dict__ for row in rows], indent=1))
+            return 0
+        results = [evaluate(settings(args.sampler, args.steps, "trailing", scale), bar.update) for scale in scales]
     print(json.dumps(results if args.guidance_sweep else results[0], indent=1))
     return 0
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if args.per_class < 1:
+        raise UsageError("--per-class must be at least 1")
+    if args.points < 2:
+        raise UsageError("--points must be at least 2")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be at least 1")
+    if args.guidance_sweep and args.guidance is not None:
+        raise UsageError("give --guidance or --guidance-sweep, not both")
+    if args.sweep and args.guidance_sweep:
+        raise UsageError("give --sweep or --guidance-sweep, not both")
+    if not args.sweep and (args.csv or args.plot or args.table):
+        raise UsageError("--csv, --plot and --table write a sweep's rows: add --sweep")
+
+
+def _write_sweep(args: argparse.Namespace, rows, name: str, guidance: float) -> None:
+    if args.csv:
+        logger.info("wrote %s", write_csv(rows, args.csv))
+    if args.table:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(markdown_table(rows) + "\n")
+        logger.info("wrote %s", args.table)
+    if args.plot:
+        title = f"{name}: {rows[0].samples} samples per point, guidance {guidance:g}, {torch.get_num_threads()} threads"
+        logger.info("wrote %s", plot_sweep(rows, args.plot, title))

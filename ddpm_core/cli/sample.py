@@ -14,6 +14,7 @@ from ddpm_core.device import pick_device
 from ddpm_core.errors import UsageError
 from ddpm_core.pipeline import generate
 from ddpm_core.render import FrameRecorder, ScatterRecorder, save_gif, save_grid, save_scatter
+from ddpm_core.sampler_specs import DDIM, DEFAULT_SAMPLER, SAMPLER_NAMES, describe_samplers, sampler_spec
 from ddpm_core.samplers import make_sampler
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     which.add_argument("--digit", type=int, help="class to draw by index, e.g. a digit of an MNIST model")
     which.add_argument("--all-classes", action="store_true", help="draw --n samples of every class, a grid row each")
     parser.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
-    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
-    parser.add_argument("--steps", type=int, help="sampling steps (default: all training steps)")
+    parser.add_argument(
+        "--sampler",
+        choices=SAMPLER_NAMES,
+        default=DEFAULT_SAMPLER,
+        help=f"default {DEFAULT_SAMPLER}: {describe_samplers()}",
+    )
+    parser.add_argument(
+        "--steps", type=int, help="sampling steps (default: the sampler's: ddim 50, dpmpp_2m and uni_pc 8, ddpm all)"
+    )
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0: deterministic)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the checkpoint's)")
     parser.add_argument("--seed", type=int, default=0)
@@ -69,8 +77,13 @@ def run(args: argparse.Namespace) -> int:
     guidance = args.guidance if args.guidance is not None else checkpoint.defaults.default_guidance
     if guidance < 0:
         raise UsageError("--guidance must be >= 0")
-    options = {"eta": args.eta} if args.sampler == "ddim" else {}
-    sampler = make_sampler(args.sampler, checkpoint.schedule, args.steps, **options)
+    if args.eta and args.sampler != DDIM.name:
+        raise UsageError(f"--eta is for the {DDIM.name} sampler only")
+    options = {"eta": args.eta} if args.sampler == DDIM.name else {}
+    steps = args.steps
+    if steps is None:
+        steps = sampler_spec(args.sampler).resolve_steps(None, checkpoint.schedule.num_train_timesteps)
+    sampler = make_sampler(args.sampler, checkpoint.schedule, steps, **options)
     is_points = checkpoint.sample_shape == (2,)
     columns = args.n if args.all_classes else None  # --all-classes: one grid row per class
     recorder = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from ddpm_core.checkpoint import LoadedCheckpoint
+from ddpm_core.data.datasets import checkerboard_fraction_on_black
 from ddpm_core.data.mnist import load_mnist
 from ddpm_core.evaluation.classifier import LoadedClassifier, classify
 from ddpm_core.evaluation.fid import (
@@ -33,6 +35,7 @@ from ddpm_core.evaluation.fid import (
 )
 from ddpm_core.pipeline import generate
 from ddpm_core.render import to_uint8_images
+from ddpm_core.sampler_specs import sampler_spec
 from ddpm_core.samplers import make_sampler
 
 logger = logging.getLogger(__name__)
@@ -40,11 +43,14 @@ logger = logging.getLogger(__name__)
 MNIST_SHAPE = (1, 28, 28)
 FLOOR_TRAIN_IMAGES = 10_000
 MIN_PER_CLASS_FID_SAMPLES = 100  # a class's FID needs more samples than the 96 feature dimensions
+Progress = Callable[[int], None]
+"""Called with the number of samples each batch added."""
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How samples are drawn; ``steps`` None means all training timesteps."""
+    """How samples are drawn; ``steps`` None means the sampler's default (the registry's:
+    all training timesteps for ddpm), ``spacing`` the timestep spacing."""
 
     per_class: int = 100
     sampler: str = "ddpm"
@@ -52,6 +58,14 @@ class EvalSettings:
     guidance: float = 0.0
     seed: int = 0
     batch_size: int = 100
+    spacing: str = "trailing"
+
+    def make_sampler(self, checkpoint: LoadedCheckpoint):
+        """The sampler these settings draw with, its timesteps set."""
+        steps = self.steps
+        if steps is None:
+            steps = sampler_spec(self.sampler).resolve_steps(None, checkpoint.schedule.num_train_timesteps)
+        return make_sampler(self.sampler, checkpoint.schedule, steps, spacing=self.spacing)
 
     def __post_init__(self) -> None:
         if self.per_class < 1:
@@ -163,14 +177,14 @@ def check_checkpoint(checkpoint: LoadedCheckpoint, num_classes: int) -> None:
 
 
 def generate_digits(
-    checkpoint: LoadedCheckpoint, settings: EvalSettings, num_classes: int
+    checkpoint: LoadedCheckpoint, settings: EvalSettings, num_classes: int, progress: Progress | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, float]:
     """uint8 images (N, 28, 28), the requested labels (N,) (None when unconditional) and the
     seconds spent sampling. N = per_class * num_classes, ordered class by class."""
     conditional = checkpoint.num_classes > 0
     count = settings.per_class * num_classes
     labels = np.repeat(np.arange(num_classes), settings.per_class) if conditional else None
-    sampler = make_sampler(settings.sampler, checkpoint.schedule, settings.steps)
+    sampler = settings.make_sampler(checkpoint)
     images = []
     started = time.perf_counter()
     for start in range(0, count, settings.batch_size):
@@ -185,21 +199,27 @@ def generate_digits(
             seed=settings.seed + start,
         )
         images.append(to_uint8_images(samples)[..., 0])  # (B, 28, 28, 1) -> (B, 28, 28)
-        logger.info("generated %d/%d samples (%.0f s)", start + size, count, time.perf_counter() - started)
+        logger.debug("generated %d/%d samples (%.0f s)", start + size, count, time.perf_counter() - started)
+        if progress is not None:
+            progress(size)
     return np.concatenate(images), labels, time.perf_counter() - started
 
 
 def evaluate_checkpoint(
-    checkpoint: LoadedCheckpoint, classifier: LoadedClassifier, reference: Reference, settings: EvalSettings
+    checkpoint: LoadedCheckpoint,
+    classifier: LoadedClassifier,
+    reference: Reference,
+    settings: EvalSettings,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Generate, classify and compare; a JSON-ready dict of metrics, timing and settings."""
     num_classes = classifier.model.config.num_classes
     check_checkpoint(checkpoint, num_classes)
     conditional = checkpoint.num_classes > 0
-    images, requested, seconds = generate_digits(checkpoint, settings, num_classes)
+    images, requested, seconds = generate_digits(checkpoint, settings, num_classes, progress)
     predicted, features = classify(classifier.model, images)
     fid = fid_from_stats(feature_stats(features), reference.test_stats)
-    num_steps = len(make_sampler(settings.sampler, checkpoint.schedule, settings.steps).timesteps)
+    num_steps = len(settings.make_sampler(checkpoint).timesteps)
     result: dict[str, Any] = {
         "accuracy": None,
         "per_class_accuracy": None,
@@ -242,3 +262,47 @@ def evaluate_checkpoint(
         seconds,
     )
     return result
+
+
+POINTS_SHAPE = (2,)
+
+
+def evaluate_points(
+    checkpoint: LoadedCheckpoint, settings: EvalSettings, count: int, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Draw ``count`` points from a 2D checkerboard model and measure the fraction on the board's
+    black squares (the data: 1.0; points spread at random: 0.5). A JSON-ready dict as
+    :func:`evaluate_checkpoint`'s, with ``on_squares`` in place of accuracy and FID."""
+    if checkpoint.sample_shape != POINTS_SHAPE:
+        raise ValueError(f"{checkpoint.path} draws samples of shape {list(checkpoint.sample_shape)}, not 2D points")
+    sampler = settings.make_sampler(checkpoint)
+    chunks = []
+    started = time.perf_counter()
+    for start in range(0, count, settings.batch_size):
+        size = min(settings.batch_size, count - start)
+        chunks.append(
+            generate(checkpoint.model, sampler, sample_shape=POINTS_SHAPE, num_samples=size, seed=settings.seed + start)
+        )
+        if progress is not None:
+            progress(size)
+    seconds = time.perf_counter() - started
+    on_squares = checkerboard_fraction_on_black(torch.cat(chunks))
+    return {
+        "on_squares": on_squares,
+        "num_samples": count,
+        "sampling_seconds": round(seconds, 3),
+        "seconds_per_sample": round(seconds / count, 6),
+        "settings": {**asdict(settings), "steps": len(sampler.timesteps), "torch_threads": torch.get_num_threads()},
+        "checkpoint": str(checkpoint.path),
+        "weights_sha256": checkpoint.weights_sha256,
+    }
+
+
+@torch.inference_mode()
+def warm_up(checkpoint: LoadedCheckpoint, batch_size: int) -> None:
+    """One forward of a full batch (twice the rows when guided), so the first timed point does
+    not pay for the process's first calls."""
+    rows = 2 * batch_size if checkpoint.num_classes else batch_size
+    sample = torch.zeros((rows, *checkpoint.sample_shape))
+    labels = torch.zeros(rows, dtype=torch.long) if checkpoint.num_classes else None
+    checkpoint.model(sample, torch.zeros(rows, dtype=torch.long), labels)

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from contract.checkable import CheckPlan, check_plan
 from contract.layout import JobRecord
 from contract.settings import REPO_ROOT, Settings
+from ddpm_core.sampler_specs import SAMPLER_NAMES
 from serve.redis_server import EmbeddedRedis
 from tests.api.kinds import SPRITE_CLASSES, TRAINING_STEPS, write_model_kinds
 from tests.api.test_requests import MODEL, app_client
@@ -74,10 +75,20 @@ def test_models_describe_every_kind(client: TestClient) -> None:
         "max_n": 64,
         "max_pixels_per_job": 65536,
         "max_points_per_job": 10000,
-        "min_steps": 10,
-        "default_ddim_steps": 50,
+        "min_steps": None,
         "max_guidance": 10.0,
     }
+    # the samplers, as the registry has them, and each model's steps (its own T bounds them)
+    assert [sampler["name"] for sampler in listing["samplers"]] == list(SAMPLER_NAMES)
+    assert (listing["default_sampler"], listing["fast_sampler"]) == ("ddpm", "uni_pc")
+    by_name = {sampler["name"]: sampler for sampler in listing["samplers"]}
+    assert by_name["uni_pc"]["min_steps"] == 5 and by_name["uni_pc"]["default_steps"] == 8
+    assert by_name["ddpm"]["min_steps"] is None and not by_name["ddpm"]["chooses_steps"]
+    assert by_name["dpmpp_2m"]["deterministic"] and not by_name["ddpm"]["deterministic"]
+    total = board["num_train_timesteps"]
+    assert board["steps"]["ddpm"] == {"min": total, "max": total, "default": total}
+    assert board["steps"]["ddim"] == {"min": 10, "max": total, "default": min(50, total)}
+    assert board["steps"]["uni_pc"] == {"min": 5, "max": total, "default": 8}
 
 
 def test_an_mnist_model_is_checked_when_the_classifier_file_is_there(

@@ -21,9 +21,7 @@ from contract.settings import Limits, Settings
 from serve.redis_server import EmbeddedRedis
 from tests.service.conftest import make_tiny_checkpoint
 
-LIMITS = Limits(
-    max_n=64, max_pixels_per_job=65536, max_points_per_job=10000, min_steps=10, default_ddim_steps=50, max_guidance=10.0
-)
+LIMITS = Limits(max_n=64, max_pixels_per_job=65536, max_points_per_job=10000, min_steps=None, max_guidance=10.0)
 MODEL = ModelInfo(
     name="mnist",
     dataset="mnist",
@@ -48,6 +46,12 @@ def test_a_request_resolves_to_an_exact_spec() -> None:
     assert (spec.model, spec.weights_sha256, spec.sampler, spec.steps) == ("mnist", "cd" * 32, "ddpm", 1000)
     assert spec.guidance == 0.5 and spec.digit == 3 and spec.n == 16 and 0 <= spec.seed < 2**31
     assert resolve(sampler="ddim").steps == 50  # the default DDIM step count, written down
+    assert resolve(sampler="uni_pc").steps == resolve(sampler="dpmpp_2m").steps == 8  # the solvers' default
+    assert resolve(sampler="uni_pc", steps=5).steps == 5  # below DDIM's floor of 10: the solvers' own is 5
+    floor = LIMITS.model_copy(update={"min_steps": 6})  # DDPM_MIN_STEPS: one floor for every sampler
+    assert resolve_spec(GenerateRequest.model_validate({"sampler": "ddim", "steps": 6}), MODEL, floor).steps == 6
+    with pytest.raises(FieldError, match="6 to 1000"):
+        resolve_spec(GenerateRequest.model_validate({"sampler": "uni_pc", "steps": 5}), MODEL, floor)
     assert resolve(sampler="ddim", steps=12, guidance=0.0, seed=5).model_dump() == {
         **spec.model_dump(),
         "sampler": "ddim",
@@ -70,6 +74,8 @@ def test_a_request_resolves_to_an_exact_spec() -> None:
         ({"class": 3, "digit": 4}, "class"),
         ({"redraw_mismatches": True}, "redraw_mismatches"),
         ({"sampler": "ddim", "steps": 1001}, "steps"),
+        ({"sampler": "ddim", "steps": 9}, "steps"),
+        ({"sampler": "uni_pc", "steps": 1001}, "steps"),
         ({"sampler": "ddpm", "steps": 999}, "steps"),
         ({"guidance": 10.5}, "guidance"),
         ({"n": 65}, "n"),
