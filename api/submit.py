@@ -30,7 +30,7 @@ from api import idempotency
 from api.ratelimit import RateLimited, RateLimiter, RateState
 from api.resolve import FieldError, resolve_spec
 from api.schemas import GenerateRequest
-from api.store import AsyncJobStore, Created, IdempotencyMismatch
+from api.store import AsyncJobStore, Created, IdempotencyMismatch, QueueFull
 from api.webhooks.guard import AddressPolicy, URLRefused
 from contract.layout import JobRecord
 from contract.metrics import Refusal
@@ -40,6 +40,7 @@ from contract.spec import JobSpec
 from contract.tasks import send_generate
 
 logger = logging.getLogger(__name__)
+QUEUE_FULL_RETRY_S = 30
 
 
 class Refused(Exception):
@@ -144,7 +145,7 @@ class Submitter:
         """Make the job ``request`` asks for (see the module's steps). ``fingerprint_of`` is the
         body the client sent, when it is not ``request`` itself (the images endpoint's).
 
-        Raises :class:`FieldError`, :class:`Refused` and :class:`~api.store.QueueFull`."""
+        Raises :class:`FieldError` and :class:`Refused`."""
         record_key = fingerprint = None
         if idempotency_key is not None:
             record_key = self.store.keys.idempotency(caller.idempotency_scope, idempotency.digest(idempotency_key))
@@ -157,7 +158,11 @@ class Submitter:
         if request.webhook_url is not None:
             await self.check_webhook(request.webhook_url)
         rate = await self._count(caller)
-        created = await self._create(spec, request.webhook_url, record_key, fingerprint)
+        try:
+            created = await self._create(spec, request.webhook_url, record_key, fingerprint)
+        except QueueFull as error:
+            headers = {"Retry-After": str(QUEUE_FULL_RETRY_S), **rate.headers}
+            raise Refused(Refusal.QUEUE_FULL, 429, str(error), headers=headers) from None
         if not created.replayed:
             await self._send(created.job_id, spec, record_key)
             logger.info("job %s queued at position %d: %s", created.job_id, created.position, spec.to_json())
