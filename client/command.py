@@ -12,6 +12,7 @@ imports no torch.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -69,6 +70,8 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.verbose:  # one line per request would crowd the progress bar
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     api_key = args.api_key or os.environ.get(KEY_VARIABLE) or None
     with ServiceClient(args.server, api_key, timeout=args.timeout) as service:
         try:
@@ -131,9 +134,10 @@ def _follow(service: ServiceClient, job_id: str, quiet: bool) -> str:
 
 def _interrupted(service: ServiceClient, job_id: str) -> int:
     """Ctrl-C: ask whether to cancel the job on the server (no answer: leave it running)."""
+    print(f"\ncancel job {job_id} on the server? [y/N] ", end="", file=sys.stderr, flush=True)
     try:
-        answer = input(f"\ncancel job {job_id} on the server? [y/N] ")
-    except (EOFError, KeyboardInterrupt):
+        answer = sys.stdin.readline()
+    except (OSError, KeyboardInterrupt):
         answer = ""
     if answer.strip().lower() in ("y", "yes"):
         status = service.cancel(job_id).get("status")
