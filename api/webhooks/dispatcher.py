@@ -70,6 +70,7 @@ class WebhookDispatcher:
         self._stopped = asyncio.Event()
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self._tasks: set[asyncio.Task] = set()
+        self._warned = False
 
     async def run(self) -> None:
         """Send due deliveries every ``DDPM_WEBHOOK_POLL_S`` until stopped; Redis outages are waited out."""
@@ -84,7 +85,12 @@ class WebhookDispatcher:
     async def dispatch_due(self) -> int:
         """Claim the deliveries due now (as many as there are free slots) and start sending them."""
         free = CONCURRENCY - len(self._tasks)
-        if free <= 0 or self.key is None:
+        if self.key is None:  # deliveries wait in Redis for an API that can sign them
+            if not self._warned and await self.client.zcard(self.keys.due):
+                logger.warning("webhook deliveries are due, but DDPM_WEBHOOK_SECRET is not set on this API")
+                self._warned = True
+            return 0
+        if free <= 0:
             return 0
         ids = await self.deliveries.claim(now=time.time(), lease_s=self.lease_s, most=free)
         for job_id in ids:
