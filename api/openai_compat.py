@@ -9,6 +9,7 @@ The images request is built from the service's own generate request model
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -44,6 +45,7 @@ class ImagesRequest(BaseModel):
     user: Annotated[str, Field(max_length=200)] | None = Field(None, description="accepted and ignored")
 
 
+@functools.lru_cache(maxsize=16)
 def images_request_model(generate_model: type[GenerateRequest]) -> type[ImagesRequest]:
     """:class:`ImagesRequest` with ``generate_model``'s fields for sampler, steps, guidance and seed."""
     shared: dict[str, Any] = {

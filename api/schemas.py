@@ -9,6 +9,7 @@ the model (its classes, its own ``n`` limit, its steps) is checked in :mod:`api.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Annotated, Any
 
@@ -90,6 +91,7 @@ class GenerateRequest(BaseModel):
     )
 
 
+@functools.lru_cache(maxsize=16)  # one class per set of limits, shared by the routers and apps that use it
 def generate_request_model(limits: Limits) -> type[GenerateRequest]:
     """:class:`GenerateRequest` with the upper bounds of ``limits`` in its fields.
 

@@ -58,15 +58,9 @@ class WebhookDispatcher:
         self.key = settings.webhook_signing_key
         self.deliveries = Deliveries(client, store.keys)
         self.keys = self.deliveries.keys
-        timeout = settings.webhook_timeout_s
-        self.lease_s = 3 * timeout + 10  # longer than any attempt (bounded below)
-        self.http = httpx.AsyncClient(
-            transport=GuardedTransport(policy),
-            timeout=httpx.Timeout(timeout),
-            follow_redirects=False,
-            trust_env=False,
-            headers={"user-agent": USER_AGENT},
-        )
+        self.policy = policy
+        self.lease_s = 3 * settings.webhook_timeout_s + 10  # longer than any attempt (bounded below)
+        self._http: httpx.AsyncClient | None = None  # made at the first delivery
         self._stopped = asyncio.Event()
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self._tasks: set[asyncio.Task] = set()
@@ -104,7 +98,21 @@ class WebhookDispatcher:
         for task in list(self._tasks):  # a cut attempt is due again after its lease
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The client of the deliveries: only to addresses the guard allows, no redirects, no proxy."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                transport=GuardedTransport(self.policy),
+                timeout=httpx.Timeout(self.settings.webhook_timeout_s),
+                follow_redirects=False,
+                trust_env=False,
+                headers={"user-agent": USER_AGENT},
+            )
+        return self._http
 
     async def _send_one(self, job_id: str) -> None:
         async with self._slots:

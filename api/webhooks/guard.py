@@ -14,8 +14,10 @@ contacted. TLS still verifies the certificate against the URL's host name.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
+import ssl
 from collections.abc import Iterable
 
 import httpcore
@@ -148,14 +150,21 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+@functools.lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    """The TLS context of webhook deliveries (certificates verified; made once: loading the CA
+    bundle takes tens of milliseconds)."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 class GuardedTransport(httpx.AsyncHTTPTransport):
     """httpx's transport over a :class:`GuardedBackend`: no proxy from the environment, no retries."""
 
     def __init__(self, policy: AddressPolicy) -> None:
-        super().__init__(trust_env=False, retries=0)
+        super().__init__(verify=_ssl_context(), trust_env=False, retries=0)
         # the pool httpx builds, rebuilt with the guarded backend (httpx takes no backend itself)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=_ssl_context(),
             max_connections=32,
             max_keepalive_connections=8,
             keepalive_expiry=5.0,
