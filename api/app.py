@@ -1,11 +1,14 @@
 """The FastAPI application: ``create_app()`` (for ``uvicorn --factory api.app:create_app``).
 
-The app holds async Redis clients, the model registry (checkpoint headers, no torch) and a
-Celery app that only sends tasks by name; it imports nothing of the worker.
+The app holds async Redis clients, the model registry (checkpoint headers, no torch), a Celery
+app that only sends tasks by name (it imports nothing of the worker), the submit path
+(:class:`api.submit.Submitter`, with the rate limiter and the webhook guard) and, for as long as
+it runs, the webhook dispatcher (:mod:`api.webhooks.dispatcher`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,8 +26,12 @@ from redis.backoff import ExponentialBackoff
 from api.errors import install_error_handlers
 from api.middleware import AllowedMethods, BodyLimit
 from api.openapi import install_openapi
-from api.routes import events, generate, jobs, metrics, page, system
+from api.ratelimit import RateLimiter
+from api.routes import events, generate, images, jobs, metrics, page, system
 from api.store import AsyncJobStore
+from api.submit import Submitter
+from api.webhooks.dispatcher import WebhookDispatcher
+from api.webhooks.guard import AddressPolicy
 from contract.registry import ModelRegistry
 from contract.settings import Settings, get_settings
 from contract.tasks import make_celery
@@ -54,10 +61,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             client, settings.key_prefix, settings.result_ttl_s, settings.worker_dead_after_s
         )
         app.state.celery = make_celery(settings)  # sends tasks by name; includes no task module
+        policy = AddressPolicy(settings.webhook_allowed_list)
+        limiter = RateLimiter(settings.rate_limit, settings.redis_url, settings.key_prefix)
+        app.state.submitter = Submitter(
+            app.state.store, settings, app.state.registry, app.state.celery, limiter, policy
+        )
+        dispatcher = WebhookDispatcher(client, app.state.store, settings, policy)
+        sending = asyncio.create_task(dispatcher.run(), name="webhook-dispatcher")
         logger.info("API using Redis at %s and models in %s", _redacted(settings.redis_url), settings.model_dir)
         try:
             yield
         finally:
+            await dispatcher.stop()
+            await sending
             await client.aclose()
             await raw.aclose()
 
@@ -72,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = ModelRegistry(settings)
     install_error_handlers(app)
     app.include_router(generate.build_router(settings.limits))
+    app.include_router(images.build_router(settings.limits))
     for module in (jobs, events, system, metrics, page):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -83,8 +100,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Content-Type", "X-API-Key", "Authorization", "Last-Event-ID"],
-            expose_headers=["Location", "Retry-After"],
+            allow_headers=["Content-Type", "X-API-Key", "Authorization", "Last-Event-ID", "Idempotency-Key"],
+            expose_headers=[
+                "Location",
+                "Retry-After",
+                "RateLimit",
+                "RateLimit-Policy",
+                "Idempotent-Replayed",
+                "X-Job-Id",
+            ],
         )
     app.add_middleware(metrics.RejectionCounter)  # outermost: it sees every refusal, the body limit's too
     return app

@@ -13,10 +13,12 @@ import secrets
 from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Request
 from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 
+from api import idempotency
 from api.store import AsyncJobStore
+from api.submit import Caller, Submitter
 from contract.registry import ModelRegistry
 from contract.settings import Settings
 
@@ -37,7 +39,12 @@ def _celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
+def _submitter(request: Request) -> Submitter:
+    return request.app.state.submitter
+
+
 StoreDep = Annotated[AsyncJobStore, Depends(_store)]
+SubmitterDep = Annotated[Submitter, Depends(_submitter)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 CeleryDep = Annotated[Celery, Depends(_celery)]
@@ -53,7 +60,9 @@ def _check(settings: Settings, given: str | None) -> None:
         return
     if not given or not any(secrets.compare_digest(given, key) for key in keys):
         raise HTTPException(
-            401, "a valid API key is required (X-API-Key header)", headers={"WWW-Authenticate": "Bearer"}
+            401,
+            "a valid API key is required (X-API-Key header, or Authorization: Bearer)",
+            headers={"WWW-Authenticate": "Bearer"},
         )
 
 
@@ -75,3 +84,27 @@ def require_read_key(
     """With ``DDPM_PROTECT_READS`` and API keys configured, reads of jobs need one too."""
     if settings.protect_reads:
         _check(settings, header or (bearer.credentials if bearer else None) or query)
+
+
+def caller(
+    request: Request,
+    settings: SettingsDep,
+    header: Annotated[str | None, Depends(_header_key)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    """Who submits, for rate limits and idempotency scopes: the API key (when keys are
+    enforced; checked by :func:`require_api_key`) and the client's address."""
+    key = (header or (bearer.credentials if bearer else None)) if settings.api_key_set else None
+    return Caller(api_key=key, address=request.client.host if request.client else "unknown")
+
+
+def idempotency_key(
+    value: Annotated[
+        str | None, Header(alias=idempotency.HEADER, max_length=300, description=idempotency.DESCRIPTION)
+    ] = None,
+) -> str | None:
+    return idempotency.parse_key(value)
+
+
+CallerDep = Annotated[Caller, Depends(caller)]
+IdempotencyKeyDep = Annotated[str | None, Depends(idempotency_key)]

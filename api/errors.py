@@ -1,5 +1,12 @@
-"""Error answers: every bad request gets a JSON :class:`~api.schemas.ErrorBody` with a one-line
-``message``; never a stack trace. :func:`responses` documents them per route in OpenAPI."""
+"""Error answers: every bad request gets a one-line message as JSON; never a stack trace.
+
+Two shapes, by path: the service's own :class:`~api.schemas.ErrorBody` (``{"message", "detail",
+"reason"}``), and under ``/v1/`` OpenAI's (``{"error": {"message", "type", "param", "code"}}``,
+:func:`openai_error`), where schema errors are 400s as OpenAI answers them. A refused submission
+carries its reason (:class:`contract.metrics.Refusal`); :func:`mark_refusal` leaves it in the
+request's state for :class:`api.routes.metrics.RejectionCounter`. :func:`responses` documents
+the errors per route in OpenAPI.
+"""
 
 from __future__ import annotations
 
@@ -15,19 +22,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.resolve import FieldError
 from api.schemas import ErrorBody
 from api.store import QueueFull
+from api.submit import Refused
+from contract.metrics import Refusal
 
 logger = logging.getLogger(__name__)
 
+OPENAI_PREFIX = "/v1/"
+REFUSAL_STATE = "ddpm_refusal"  # the request state's key of a refusal's reason
+ACCEPTED_STATE = "ddpm_accepted"  # set once a job was made: a later error is no refusal
 DESCRIPTIONS = {
     400: "a malformed header",
     401: "an API key is required",
     404: "no such job (unknown, or expired after its time to live)",
     409: "the job is not in a state that allows this",
     413: "the request body is over the limit",
-    422: "a field is invalid; the message names it",
-    429: "the queue is full; retry after Retry-After seconds",
+    422: "a field is invalid; the message names it (reason idempotency_mismatch: an Idempotency-Key reused)",
+    429: "refused for now: reason queue_full (the service's queue is full) or rate_limited (this client's "
+    "rate limit); retry after Retry-After seconds",
     503: "the job store (Redis) is unavailable",
 }
+OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error"}
+OPENAI_CODES = {401: "invalid_api_key", 404: "not_found", 413: "request_too_large"}
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -35,12 +50,60 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": DESCRIPTIONS[code]} for code in codes}
 
 
-def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
-    """The request field an error is about: a body field by its name alone (request bodies are
-    flat; what follows in ``loc`` is the member of a union that failed), others by their place."""
-    if loc and loc[0] == "body":
-        return str(loc[1]) if len(loc) > 1 else "body"
-    return ".".join(str(part) for part in loc) or "body"
+def is_openai(path: str) -> bool:
+    return path.startswith(OPENAI_PREFIX)
+
+
+def openai_error(
+    status: int, message: str, *, param: str | None = None, code: str | None = None, kind: str | None = None
+) -> dict[str, Any]:
+    """An error in OpenAI's shape."""
+    if kind is None:
+        kind = OPENAI_TYPES.get(status) or ("server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code or OPENAI_CODES.get(status)}}
+
+
+def error_payload(path: str, status: int, message: str, *, reason: Refusal | None = None) -> dict[str, Any]:
+    """The body of an error answer made outside a route (the body limit, say), in the path's shape."""
+    if is_openai(path):
+        return openai_error(status, message, code=reason.value if reason else None)
+    return {"message": message, **({"reason": reason.value} if reason else {})}
+
+
+def mark_refusal(request: Request, reason: Refusal) -> None:
+    setattr(request.state, REFUSAL_STATE, reason.value)
+
+
+def mark_accepted(request: Request) -> None:
+    setattr(request.state, ACCEPTED_STATE, True)
+
+
+def _answer(
+    request: Request,
+    status: int,
+    message: str,
+    *,
+    reason: Refusal | None = None,
+    field: str | None = None,
+    detail: Any = None,
+    headers: dict[str, str] | None = None,
+    code: str | None = None,
+) -> JSONResponse:
+    if reason is not None:
+        mark_refusal(request, reason)
+    if is_openai(request.url.path):
+        if status == 422 and reason in (None, Refusal.INVALID):
+            status = 400  # OpenAI answers an invalid parameter with 400
+        code = code or (reason.value if reason and reason not in (Refusal.INVALID, Refusal.ERROR) else None)
+        body = openai_error(status, message, param=field, code=code)
+        if reason is Refusal.RATE_LIMITED:
+            body["error"]["type"] = "requests"
+            body["error"]["code"] = "rate_limit_exceeded"
+        return JSONResponse(body, status_code=status, headers=headers)
+    body = {"message": message, "detail": detail}
+    if reason is not None:
+        body["reason"] = reason.value
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
@@ -58,38 +121,53 @@ def validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
     return {"message": f"invalid request: {message}", "detail": detail}
 
 
+def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
+    """The request field an error is about: a body field by its name alone (request bodies are
+    flat; what follows in ``loc`` is the member of a union that failed), others by their place."""
+    if loc and loc[0] == "body":
+        return str(loc[1]) if len(loc) > 1 else "body"
+    return ".".join(str(part) for part in loc) or "body"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(validation_body(list(exc.errors())), status_code=422)
+        body = validation_body(list(exc.errors()))
+        field = body["detail"][0]["field"] if body["detail"] else None
+        return _answer(request, 422, body["message"], reason=Refusal.INVALID, field=field, detail=body["detail"])
 
     @app.exception_handler(FieldError)
     async def _field(request: Request, exc: FieldError) -> JSONResponse:
-        error = {"loc": ("body", exc.field), "msg": exc.message, "type": "value_error"}
-        return JSONResponse(validation_body([error]), status_code=422)
+        body = validation_body([{"loc": ("body", exc.field), "msg": exc.message, "type": "value_error"}])
+        return _answer(request, 422, body["message"], reason=Refusal.INVALID, field=exc.field, detail=body["detail"])
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused) -> JSONResponse:
+        return _answer(
+            request, exc.status, exc.message, reason=exc.reason, field=exc.field, headers=exc.headers, code=exc.code
+        )
 
     @app.exception_handler(QueueFull)
     async def _full(request: Request, exc: QueueFull) -> JSONResponse:
-        return JSONResponse({"message": str(exc)}, status_code=429, headers={"Retry-After": "30"})
+        headers = {"Retry-After": "30"}
+        return _answer(request, 429, str(exc), reason=Refusal.QUEUE_FULL, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "error"
-        return JSONResponse(
-            {"message": message, "detail": exc.detail},
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+        headers = getattr(exc, "headers", None)
+        if is_openai(request.url.path):
+            return _answer(request, exc.status_code, message, headers=headers)
+        return JSONResponse({"message": message, "detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(redis.exceptions.ConnectionError)
     @app.exception_handler(redis.exceptions.TimeoutError)
     async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
         logger.warning("redis unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse(
-            {"message": f"the job store (Redis) is unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"}
-        )
+        message = f"the job store (Redis) is unavailable: {exc}"
+        return _answer(request, 503, message, reason=Refusal.UNAVAILABLE, headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"message": f"internal error: {type(exc).__name__}"}, status_code=500)
+        return _answer(request, 500, f"internal error: {type(exc).__name__}", reason=Refusal.ERROR)

@@ -14,6 +14,9 @@ import json
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import error_payload
+from contract.metrics import Refusal
+
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -41,13 +44,14 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
             await self.app(scope, receive, send)
             return
-        too_large = {"message": f"the request body is over the limit of {self.max_bytes} bytes"}
+        message = f"the request body is over the limit of {self.max_bytes} bytes"
+        too_large = error_payload(scope["path"], 413, message, reason=Refusal.TOO_LARGE)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
             try:
                 length = int(declared)
             except ValueError:
-                await _send_json(send, 400, {"message": "Content-Length is not a number"})
+                await _send_json(send, 400, error_payload(scope["path"], 400, "Content-Length is not a number"))
                 return
             if length > self.max_bytes:
                 await _send_json(send, 413, too_large, [(b"connection", b"close")])

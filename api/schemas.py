@@ -9,6 +9,7 @@ the model (its classes, its own ``n`` limit, its steps) is checked in :mod:`api.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Annotated, Any
 
@@ -16,10 +17,12 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_mo
 
 from contract.checkable import CheckPlan
 from contract.layout import DigitCheck, JobRecord, JobStatus
+from contract.metrics import Refusal
 from contract.registry import ModelInfo
 from contract.samples import SampleKind, sample_kind
 from contract.settings import Limits
 from contract.spec import MAX_REDRAW_ROUNDS, MAX_SEED, JobSpec, Sampler
+from contract.webhooks import WebhookDelivery
 from ddpm_core.sampler_specs import DEFAULT_SAMPLER, FAST_SAMPLER, SAMPLER_SPECS, SamplerSpec, describe_samplers
 
 ClassIndex = Annotated[int, Field(strict=True, ge=0)]
@@ -85,8 +88,15 @@ class GenerateRequest(BaseModel):
         description=f"draw the samples the check reads as another class again, up to {MAX_REDRAW_ROUNDS} "
         "rounds, each with new seeds (sample i in round r: seed + n * r + i); needs a class",
     )
+    webhook_url: Annotated[str, Field(min_length=1, max_length=2000)] | None = Field(
+        None,
+        description="an http(s) URL the service POSTs to when the job ends (job.succeeded, job.failed, "
+        "job.cancelled), signed as Standard Webhooks says (needs DDPM_WEBHOOK_SECRET); the URL must reach a "
+        "public address unless DDPM_WEBHOOK_ALLOWED_HOSTS lists it",
+    )
 
 
+@functools.lru_cache(maxsize=16)  # one class per set of limits, shared by the routers and apps that use it
 def generate_request_model(limits: Limits) -> type[GenerateRequest]:
     """:class:`GenerateRequest` with the upper bounds of ``limits`` in its fields.
 
@@ -185,9 +195,12 @@ class JobView(BaseModel):
         "order), or why it was skipped; null until the job has succeeded",
     )
     links: JobLinks
+    webhook: WebhookDelivery | None = Field(
+        None, description="the delivery of the job's webhook (attempts, last answer, state); null without one"
+    )
 
     @classmethod
-    def of(cls, record: JobRecord, position: int | None) -> JobView:
+    def of(cls, record: JobRecord, position: int | None, webhook: WebhookDelivery | None = None) -> JobView:
         return cls(
             id=record.id,
             status=record.status,
@@ -205,6 +218,7 @@ class JobView(BaseModel):
             error=record.error,
             check=record.check,
             links=JobLinks.of(record.id),
+            webhook=webhook,
         )
 
 
@@ -348,10 +362,13 @@ class FieldProblem(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    """Every 4xx and 5xx answer: a one-line ``message``; 422 also lists the bad fields."""
+    """Every 4xx and 5xx answer: a one-line ``message``; 422 also lists the bad fields; a refused
+    submission says why in ``reason`` (queue_full: the service is busy; rate_limited: this
+    client's rate limit)."""
 
     message: str
     detail: list[FieldProblem] | str | None = None
+    reason: Refusal | None = Field(None, description="why a submission was refused")
 
 
 def iso(timestamp: float | None) -> str | None:

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from contract.layout import JobRecord, Keys
 from contract.spec import JobSpec
 from contract.transitions import Transitions
+from contract.webhooks import WebhookDelivery, WebhookKeys
 
 
 class QueueFull(Exception):
@@ -22,6 +23,25 @@ class QueueFull(Exception):
     def __init__(self, waiting: int) -> None:
         super().__init__(f"the queue is full ({waiting} jobs waiting); try again later")
         self.waiting = waiting
+
+
+class IdempotencyMismatch(Exception):
+    """An Idempotency-Key that made a job from another request (another body or endpoint)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            "this Idempotency-Key was used with a different request (body or endpoint); use a new key for a new request"
+        )
+        self.job_id = job_id
+
+
+@dataclass(frozen=True)
+class Created:
+    """A job made, or found by its Idempotency-Key (``replayed``: made by an earlier request)."""
+
+    job_id: str
+    position: int
+    replayed: bool
 
 
 @dataclass(frozen=True)
@@ -41,22 +61,73 @@ class AsyncJobStore:
         self._raw = raw  # bytes, for results
         self.keys = Keys(prefix)
         self.ttl_s = ttl_s
+        self.webhook_keys = WebhookKeys(prefix)
         self._transitions = Transitions(client, self.keys)
 
     async def ping(self) -> None:
         await self._client.ping()
 
-    async def create(self, job_id: str, spec: JobSpec, max_queue: int) -> int:
+    async def create(self, job_id: str, spec: JobSpec, max_queue: int, webhook_url: str | None = None) -> int:
         """Store a new queued job with its ``queued`` event, atomically with the queue cap;
         its queue position. Raises :class:`QueueFull`."""
         position = int(
-            await self._transitions.create(job_id, spec, now=time.time(), ttl_s=self.ttl_s, max_queue=max_queue)
+            await self._transitions.create(
+                job_id, spec, now=time.time(), ttl_s=self.ttl_s, max_queue=max_queue, webhook_url=webhook_url
+            )
         )
         if position == 0:
             raise QueueFull(max_queue)
         if position < 0:
             raise ValueError(f"job {job_id} exists already")
         return position
+
+    async def create_once(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        max_queue: int,
+        *,
+        record_key: str,
+        record_ttl_s: int,
+        fingerprint: str,
+        webhook_url: str | None = None,
+    ) -> Created:
+        """:meth:`create` once per idempotency record: concurrent duplicates make one job, and
+        a record's later requests get its job. Raises :class:`QueueFull` and
+        :class:`IdempotencyMismatch` (the record was made by another request)."""
+        outcome, found, recorded, position = await self._transitions.create_once(
+            job_id,
+            spec,
+            now=time.time(),
+            ttl_s=self.ttl_s,
+            max_queue=max_queue,
+            record_key=record_key,
+            record_ttl_s=record_ttl_s,
+            fingerprint=fingerprint,
+            webhook_url=webhook_url,
+        )
+        outcome = int(outcome)
+        if outcome == 0:
+            raise QueueFull(max_queue)
+        if outcome < 0:
+            raise ValueError(f"job {job_id} exists already")
+        if recorded != fingerprint:
+            raise IdempotencyMismatch(found)
+        return Created(job_id=found, position=int(position), replayed=outcome == 2)
+
+    async def recorded(self, record_key: str, fingerprint: str) -> Created | None:
+        """The job an idempotency record holds (None: no record). Raises :class:`IdempotencyMismatch`."""
+        found, recorded, position = await self._client.hmget(record_key, ["job", "fingerprint", "position"])
+        if not found:
+            return None
+        if recorded != fingerprint:
+            raise IdempotencyMismatch(found)
+        return Created(job_id=found, position=int(position or 0), replayed=True)
+
+    async def forget_record(self, record_key: str, job_id: str) -> None:
+        """Drop an idempotency record of a job that could not be queued (only if it holds that job)."""
+        if await self._client.hget(record_key, "job") == job_id:
+            await self._client.delete(record_key)
 
     async def forget(self, job_id: str) -> None:
         """Remove a job that could not be handed to the broker."""
@@ -80,6 +151,37 @@ class AsyncJobStore:
 
     async def result(self, job_id: str, kind: str) -> bytes | None:
         return await self._raw.get(self.keys.result(job_id, kind))
+
+    async def image(self, job_id: str, index: int) -> bytes | None:
+        """Sample ``index``'s own PNG (image models), or None."""
+        return await self._raw.hget(self.keys.images(job_id), str(index))
+
+    async def image_count(self, job_id: str) -> int:
+        return int(await self._raw.hlen(self.keys.images(job_id)))
+
+    async def webhook(self, record: JobRecord) -> WebhookDelivery | None:
+        """The job's webhook delivery (None: the job asked for none)."""
+        if not record.webhook_url:
+            return None
+        fields = await self._client.hgetall(self.webhook_keys.delivery(record.id))
+        return WebhookDelivery.of(record.webhook_url, fields)
+
+    async def wait_ended(self, job_id: str, timeout_s: float, block_ms: int = 5000) -> JobRecord | None:
+        """The job's record once it has ended (None: gone), or as it is after ``timeout_s``.
+        Waits on the job's event stream, so it wakes at the terminal event."""
+        deadline = time.monotonic() + timeout_s
+        last = "0-0"
+        while True:
+            record = await self.get(job_id)
+            if record is None or record.status.terminal:
+                return record
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return record
+            wait_ms = max(1, int(min(left * 1000, block_ms)))
+            entries = await self.events_after(job_id, last, count=200, block_ms=wait_ms)
+            if entries:
+                last = entries[-1].id  # a terminal event: the status was written in the same script
 
     async def cancel(self, job_id: str) -> str | None:
         """Cancel a queued job at once, or ask a running one to stop at its next step; the

@@ -8,7 +8,12 @@ Per job, each with the result time to live:
   ``check`` (the check of the samples, per class or of points, a :class:`DigitCheck` as JSON,
   written by the worker just before the job succeeds);
 * ``{p}:events:{id}`` stream: entries ``event`` (type) and ``data`` (JSON), ids used as SSE ids;
-* ``{p}:png:{id}``, ``{p}:gif:{id}``: the results.
+* ``{p}:png:{id}``, ``{p}:gif:{id}``: the results; ``{p}:images:{id}`` hash of each sample's own
+  PNG by its index (image models only; the OpenAI-compatible images API serves them);
+* ``{p}:webhook:{id}``: the job's webhook delivery, if it asked for one (:mod:`contract.webhooks`).
+
+Per client: ``{p}:idempotency:{scope}:{key}`` hash, the job an ``Idempotency-Key`` made (its
+id, the request's fingerprint and its queue position then), for ``DDPM_IDEMPOTENCY_TTL_S``.
 
 Shared: ``{p}:queue`` (sorted set of queued ids by submission time, for queue positions and
 the queue cap), ``{p}:running`` (set of running ids, for recovering jobs of dead workers) and
@@ -31,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from contract.spec import JobSpec
 
 CHECK_FIELD = "check"
+WEBHOOK_FIELD = "webhook_url"  # read by the transition scripts: a job that ends with it gets a delivery
 
 
 class JobStatus(str, Enum):
@@ -75,6 +81,14 @@ class Keys:
         if kind not in ("png", "gif"):
             raise ValueError(f"unknown result kind {kind!r}")
         return f"{self.prefix}:{kind}:{job_id}"
+
+    def images(self, job_id: str) -> str:
+        """Each sample's PNG by index (hash fields "0", "1", ...)."""
+        return f"{self.prefix}:images:{job_id}"
+
+    def idempotency(self, scope: str, key_digest: str) -> str:
+        """The job an Idempotency-Key made, under the caller's ``scope`` (both digests, never the key)."""
+        return f"{self.prefix}:idempotency:{scope}:{key_digest}"
 
     @property
     def queue(self) -> str:
@@ -199,6 +213,7 @@ class JobRecord:
     error: str | None = None
     seconds: float | None = None
     check: DigitCheck | None = None
+    webhook_url: str | None = None
 
     @classmethod
     def from_hash(cls, job_id: str, fields: dict[str, str]) -> JobRecord:
@@ -219,12 +234,13 @@ class JobRecord:
             error=fields.get("error") or None,
             seconds=_float(fields.get("seconds")),
             check=_check(fields.get(CHECK_FIELD)),
+            webhook_url=fields.get(WEBHOOK_FIELD) or None,
         )
 
 
-def new_job_fields(spec: JobSpec, now: float) -> dict[str, str]:
-    """The hash of a job just submitted."""
-    return {
+def new_job_fields(spec: JobSpec, now: float, webhook_url: str | None = None) -> dict[str, str]:
+    """The hash of a job just submitted (with the URL its end is announced to, if any)."""
+    fields = {
         "status": JobStatus.QUEUED.value,
         "spec": spec.to_json(),
         "step": "0",
@@ -233,6 +249,9 @@ def new_job_fields(spec: JobSpec, now: float) -> dict[str, str]:
         "created_at": repr(now),
         "sent_at": repr(now),
     }
+    if webhook_url:
+        fields[WEBHOOK_FIELD] = webhook_url
+    return fields
 
 
 def event_data(data: dict[str, Any]) -> str:

@@ -12,7 +12,9 @@ Keys, under the prefix of :class:`contract.layout.Keys` (they never expire):
 
 * ``{p}:metrics:jobs`` hash of counters: ``submitted``, ``succeeded``, ``failed``,
   ``cancelled``, ``requeued``;
-* ``{p}:metrics:rejected`` hash: rejected submissions by reason (:data:`REJECT_REASONS`);
+* ``{p}:metrics:rejected`` hash: rejected submissions by reason (:class:`Refusal`);
+* ``{p}:metrics:webhooks`` hash of webhook counters (:data:`WEBHOOK_COUNTERS`): delivery
+  ``attempts``, ``failed_attempts``, deliveries ``delivered`` and ``given_up``;
 * ``{p}:metrics:job-seconds`` histogram of POST-to-finish seconds, by final status: fields
   ``{status}:count``, ``{status}:sum`` and ``{status}:bucket:{le}``;
 * ``{p}:metrics:queue-wait-seconds`` histogram of the seconds from POST to the start of the
@@ -32,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 # seconds: a DDIM job on a warm GPU takes well under a second, a 1000-step DDPM grid on a CPU
 # many minutes, and a full queue makes jobs wait for tens of minutes
@@ -40,16 +43,34 @@ MODEL_LOAD_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 
 
 FINISHED = ("succeeded", "failed", "cancelled")
 JOB_COUNTERS = ("submitted", *FINISHED, "requeued")
-# why POST /generate refused a job: its answer's status says
-REJECT_REASONS = {
-    400: "invalid",  # a malformed header
-    401: "unauthorized",
-    413: "too_large",
-    422: "invalid",
-    429: "queue_full",
-    503: "unavailable",  # Redis or the broker unreachable
+
+
+class Refusal(str, Enum):
+    """Why a submission (``POST /generate``, ``POST /v1/images/generations``) was refused: the one
+    vocabulary of the answers' ``reason`` and of ``ddpm_jobs_rejected_total{reason}``. A refusal
+    carries its reason from where it is decided; the status code stands for it only where the
+    framework answers by itself (:data:`REASON_BY_STATUS`)."""
+
+    INVALID = "invalid"  # a malformed body or header, or a field the model does not allow
+    UNAUTHORIZED = "unauthorized"
+    TOO_LARGE = "too_large"  # a body over DDPM_MAX_BODY_BYTES
+    QUEUE_FULL = "queue_full"  # the service's queue holds DDPM_MAX_QUEUE jobs
+    RATE_LIMITED = "rate_limited"  # this client's DDPM_RATE_LIMIT
+    IDEMPOTENCY_MISMATCH = "idempotency_mismatch"  # an Idempotency-Key reused with another body
+    WEBHOOK_REFUSED = "webhook_refused"  # a webhook_url the service will not call
+    UNAVAILABLE = "unavailable"  # Redis or the broker unreachable
+    ERROR = "error"  # anything else (a 5xx)
+
+
+# answers made before a route runs (authentication, body limit, schema validation): the status says why
+REASON_BY_STATUS = {
+    400: Refusal.INVALID,
+    401: Refusal.UNAUTHORIZED,
+    413: Refusal.TOO_LARGE,
+    422: Refusal.INVALID,
+    503: Refusal.UNAVAILABLE,
 }
-OTHER_REJECTION = "error"  # any other refusal (a 5xx)
+WEBHOOK_COUNTERS = ("attempts", "failed_attempts", "delivered", "given_up")
 
 
 @dataclass(frozen=True)
@@ -65,6 +86,10 @@ class MetricKeys:
     @property
     def rejected(self) -> str:
         return f"{self.prefix}:metrics:rejected"
+
+    @property
+    def webhooks(self) -> str:
+        return f"{self.prefix}:metrics:webhooks"
 
     @property
     def job_seconds(self) -> str:

@@ -9,12 +9,14 @@ request schema from it, so validation and ``/openapi.json`` always agree with th
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.samples import pixels_per_sample, sample_kind
@@ -80,6 +82,25 @@ class Settings(BaseSettings):
     protect_reads: bool = False  # with API keys: reading jobs, events and results needs a key too
     cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser; none by default
     max_body_bytes: int = Field(16 * 1024, ge=1024)  # larger request bodies get 413 unread
+    # rate limits on the endpoints that create jobs (POST /generate, POST /v1/images/generations),
+    # per API key (per client address without keys), shared by every API replica through Redis:
+    # limits in the `limits` notation, several separated by ";" (e.g. "5/minute" or
+    # "100/hour;10/second"); empty: off
+    rate_limit: str = ""
+    idempotency_ttl_s: int = Field(24 * 3600, ge=1)  # how long an Idempotency-Key keeps its first answer
+    images_timeout_s: float = Field(600.0, gt=0)  # how long POST /v1/images/generations waits for its job
+    # webhooks (POST /generate's webhook_url): the Standard Webhooks signing secret ("whsec_" and
+    # base64); without one, a webhook_url is refused
+    webhook_secret: str = ""
+    # comma-separated hosts, addresses or networks (CIDR) a webhook may reach although they are
+    # loopback, private, link-local or otherwise not public (cloud-metadata addresses never)
+    webhook_allowed_hosts: str = ""
+    webhook_timeout_s: float = Field(5.0, gt=0, le=60)  # connect and read timeout of one delivery attempt
+    webhook_max_response_bytes: int = Field(4096, ge=0, le=1 << 20)  # of a receiver's answer, read at most
+    webhook_backoff_s: float = Field(5.0, gt=0)  # the first retry's delay; doubled at each failure (with jitter)
+    webhook_backoff_max_s: float = Field(3600.0, gt=0)  # the longest delay between two attempts
+    webhook_retry_for_s: float = Field(24 * 3600.0, gt=0)  # after this long since the first attempt, give up
+    webhook_poll_s: float = Field(1.0, gt=0, le=60)  # how often the API's dispatcher looks for due deliveries
     # the worker
     device: str = "auto"  # auto: CUDA when present, else CPU
     torch_threads: int | None = None
@@ -105,6 +126,31 @@ class Settings(BaseSettings):
     preview_count: int = Field(20, ge=0)  # preview images per job
     gif_frames: int = Field(40, ge=2)
     progress_interval_s: float = Field(0.1, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.rate_limit.strip():
+            from limits import parse_many  # the rate-limiting library's own notation
+
+            try:
+                parse_many(self.rate_limit)
+            except ValueError as error:
+                raise ValueError(
+                    f"DDPM_RATE_LIMIT={self.rate_limit!r} is not a rate limit such as '5/minute' or "
+                    f"'100/hour;10/second': {error}"
+                ) from None
+        if self.webhook_secret:
+            webhook_key(self.webhook_secret)  # raises a clear error for a malformed secret
+        return self
+
+    @property
+    def webhook_signing_key(self) -> bytes | None:
+        """The HMAC key of the webhook signatures (the secret's base64 part, decoded), or None."""
+        return webhook_key(self.webhook_secret) if self.webhook_secret else None
+
+    @property
+    def webhook_allowed_list(self) -> list[str]:
+        return [host.strip() for host in self.webhook_allowed_hosts.split(",") if host.strip()]
 
     @property
     def limits(self) -> Limits:
@@ -143,6 +189,27 @@ class Settings(BaseSettings):
     @property
     def api_key_set(self) -> frozenset[str]:
         return frozenset(key.strip() for key in self.api_keys.split(",") if key.strip())
+
+
+WEBHOOK_SECRET_PREFIX = "whsec_"
+
+
+def webhook_key(secret: str) -> bytes:
+    """The key of a Standard Webhooks secret (``whsec_`` and the base64 of 24 to 64 random
+    bytes); raises ValueError naming what is wrong."""
+    how = (
+        'make one with: python -c "import base64, secrets; '
+        "print('whsec_' + base64.b64encode(secrets.token_bytes(32)).decode())\""
+    )
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        raise ValueError(f"DDPM_WEBHOOK_SECRET must start with {WEBHOOK_SECRET_PREFIX!r}; {how}")
+    try:
+        key = base64.b64decode(secret[len(WEBHOOK_SECRET_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"DDPM_WEBHOOK_SECRET is not {WEBHOOK_SECRET_PREFIX!r} and base64; {how}") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError(f"DDPM_WEBHOOK_SECRET holds {len(key)} bytes; it needs 24 to 64; {how}")
+    return key
 
 
 @lru_cache(maxsize=1)

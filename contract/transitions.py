@@ -22,7 +22,8 @@ The scripts also keep the service's counters and histograms (:mod:`contract.metr
 same atomic step as the change they count: ``create`` counts a job submitted, ``finish`` and a
 queued job's ``cancel`` count it succeeded, failed or cancelled and observe its POST-to-finish
 and queue-wait seconds (from the job's ``created_at`` and ``started_at``), ``requeue`` counts a
-job queued again. A transition refused (0, -1, a finished job) counts nothing.
+job queued again. A transition refused (0, -1, a finished job) counts nothing. A job submitted with a webhook URL
+gets its delivery (:mod:`contract.webhooks`) from the script that ends it, in the same step.
 
 A running job is *abandoned* when its heartbeat is older than the stale window, or when the
 worker that claimed it has not reported for ``worker_dead_after_s`` (a killed worker's job is
@@ -39,6 +40,7 @@ from typing import Any
 from contract.layout import JobStatus, Keys, event_data, new_job_fields
 from contract.metrics import OBSERVE_LUA, MetricKeys
 from contract.spec import JobSpec
+from contract.webhooks import ENQUEUE_LUA, WebhookKeys
 
 _ABANDONED = """
 local function abandoned(job_key, workers_key, now, stale, dead_after)
@@ -52,20 +54,42 @@ local function abandoned(job_key, workers_key, now, stale, dead_after)
 end
 """
 
-# KEYS: job, queue, events, job counters. ARGV: now, ttl, max_queue, job id, event data, field,
-# value, ... -> queue position (>= 1), 0 when the queue is full, -1 when the id exists.
-CREATE_LUA = """
-local now, ttl, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-if redis.call('ZCOUNT', KEYS[2], now - ttl, '+inf') >= cap then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[2], now, ARGV[4])
-redis.call('XADD', KEYS[3], '*', 'event', 'queued', 'data', ARGV[5])
-redis.call('EXPIRE', KEYS[3], ttl)
-redis.call('HINCRBY', KEYS[4], 'submitted', 1)
-return redis.call('ZCOUNT', KEYS[2], now - ttl, now)
+# Creating a job (a Lua function of CREATE_LUA and CREATE_ONCE_LUA): KEYS 1-4 are job, queue,
+# events, job counters; ARGV: now, ttl, max_queue, job id, event data, then from ``first_field``
+# field, value, ... -> queue position (>= 1), 0 when the queue is full, -1 when the id exists.
+_CREATE = """
+local function create_job(first_field)
+  local now, ttl, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+  if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+  if redis.call('ZCOUNT', KEYS[2], now - ttl, '+inf') >= cap then return 0 end
+  redis.call('HSET', KEYS[1], unpack(ARGV, first_field))
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('ZADD', KEYS[2], now, ARGV[4])
+  redis.call('XADD', KEYS[3], '*', 'event', 'queued', 'data', ARGV[5])
+  redis.call('EXPIRE', KEYS[3], ttl)
+  redis.call('HINCRBY', KEYS[4], 'submitted', 1)
+  return redis.call('ZCOUNT', KEYS[2], now - ttl, now)
+end
 """
+
+CREATE_LUA = _CREATE + "return create_job(6)\n"
+
+# Creating a job once per Idempotency-Key: KEYS as create, then the key's record; ARGV as create,
+# then the record's time to live and the request's fingerprint before the fields -> {outcome, job
+# id, fingerprint, queue position}: outcome 1 created, 2 the key's job (already made: nothing
+# created), 0 queue full, -1 id taken. Concurrent duplicates make one job.
+CREATE_ONCE_LUA = (
+    _CREATE
+    + """
+local found = redis.call('HMGET', KEYS[5], 'job', 'fingerprint', 'position')
+if found[1] then return {2, found[1], found[2], tonumber(found[3])} end
+local position = create_job(8)
+if position < 1 then return {position, '', '', 0} end
+redis.call('HSET', KEYS[5], 'job', ARGV[4], 'fingerprint', ARGV[7], 'position', position, 'created_at', ARGV[1])
+redis.call('EXPIRE', KEYS[5], tonumber(ARGV[6]))
+return {1, ARGV[4], ARGV[7], position}
+"""
+)
 
 # KEYS: job, queue, running, events, workers. ARGV: now, worker, stale, dead_after, ttl,
 # max_attempts, job id -> attempt number (>= 1); 0 not claimable; -1 no job; -2 out of attempts.
@@ -104,10 +128,12 @@ local function durations(job_key, status, now)
 end
 """
 
-# KEYS: job, queue, running, events, job counters, job seconds, queue-wait seconds. ARGV: now,
-# ttl, status, event data, job id, field, value, ... -> 1 done, 0 already ended, -1 no job.
+# KEYS: job, queue, running, events, job counters, job seconds, queue-wait seconds, webhook
+# delivery, webhooks due. ARGV: now, ttl, status, event data, job id, field, value, ... -> 1 done,
+# 0 already ended, -1 no job.
 FINISH_LUA = (
     OBSERVE_LUA
+    + ENQUEUE_LUA
     + _DURATIONS
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -124,15 +150,17 @@ redis.call('EXPIRE', KEYS[4], tonumber(ARGV[2]))
 redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
 observe(KEYS[6], ARGV[3] .. ':', total)
 observe(KEYS[7], '', waited)
+enqueue_webhook(KEYS[1], KEYS[8], KEYS[9], ARGV[5], ARGV[3], ARGV[1], tonumber(ARGV[2]))
 return 1
 """
 )
 
-# KEYS: job, queue, events, job counters, job seconds, queue-wait seconds. ARGV: now, ttl, job id
-# -> the status after the request (a running job keeps running until its next step), or nil
-# when there is no job.
+# KEYS: job, queue, events, job counters, job seconds, queue-wait seconds, webhook delivery,
+# webhooks due. ARGV: now, ttl, job id -> the status after the request (a running job keeps
+# running until its next step), or nil when there is no job.
 CANCEL_LUA = (
     OBSERVE_LUA
+    + ENQUEUE_LUA
     + _DURATIONS
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -148,6 +176,7 @@ redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
 redis.call('HINCRBY', KEYS[4], 'cancelled', 1)
 observe(KEYS[5], 'cancelled:', total)
 observe(KEYS[6], '', waited)
+enqueue_webhook(KEYS[1], KEYS[7], KEYS[8], ARGV[3], 'cancelled', ARGV[1], tonumber(ARGV[2]))
 return 'cancelled'
 """
 )
@@ -195,22 +224,50 @@ class Transitions:
     def __init__(self, client: Any, keys: Keys) -> None:
         self.keys = keys
         self.metrics = MetricKeys(keys.prefix)
+        self.webhooks = WebhookKeys(keys.prefix)
         self._create = client.register_script(CREATE_LUA)
+        self._create_once = client.register_script(CREATE_ONCE_LUA)
         self._claim = client.register_script(CLAIM_LUA)
         self._finish = client.register_script(FINISH_LUA)
         self._cancel = client.register_script(CANCEL_LUA)
         self._resend = client.register_script(RESEND_LUA)
         self._requeue = client.register_script(REQUEUE_LUA)
 
-    def create(self, job_id: str, spec: JobSpec, *, now: float, ttl_s: int, max_queue: int) -> Any:
+    def create(
+        self, job_id: str, spec: JobSpec, *, now: float, ttl_s: int, max_queue: int, webhook_url: str | None = None
+    ) -> Any:
         """Store a queued job unless ``max_queue`` jobs already wait; its queue position, 0 when
         the queue is full, -1 when the id is taken."""
         k = self.keys
-        fields = [item for pair in new_job_fields(spec, now).items() for item in pair]
+        fields = [item for pair in new_job_fields(spec, now, webhook_url).items() for item in pair]
         data = event_data({"status": "queued", "job": job_id})
         return self._create(
             keys=[k.job(job_id), k.queue, k.events(job_id), self.metrics.jobs],
             args=[repr(now), ttl_s, max_queue, job_id, data, *fields],
+        )
+
+    def create_once(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        *,
+        now: float,
+        ttl_s: int,
+        max_queue: int,
+        record_key: str,
+        record_ttl_s: int,
+        fingerprint: str,
+        webhook_url: str | None = None,
+    ) -> Any:
+        """:meth:`create`, once per idempotency record ``record_key``: ``[outcome, job id,
+        fingerprint, position]``, outcome 1 created, 2 the record's job (nothing created), 0 the
+        queue is full, -1 the id is taken."""
+        k = self.keys
+        fields = [item for pair in new_job_fields(spec, now, webhook_url).items() for item in pair]
+        data = event_data({"status": "queued", "job": job_id})
+        return self._create_once(
+            keys=[k.job(job_id), k.queue, k.events(job_id), self.metrics.jobs, record_key],
+            args=[repr(now), ttl_s, max_queue, job_id, data, record_ttl_s, fingerprint, *fields],
         )
 
     def claim(
@@ -240,16 +297,37 @@ class Transitions:
             raise ValueError(f"{status.value} is not a terminal status")
         k, m = self.keys, self.metrics
         extra = [str(item) for pair in fields.items() for item in pair]
+        w = self.webhooks
         return self._finish(
-            keys=[k.job(job_id), k.queue, k.running, k.events(job_id), m.jobs, m.job_seconds, m.queue_wait_seconds],
+            keys=[
+                k.job(job_id),
+                k.queue,
+                k.running,
+                k.events(job_id),
+                m.jobs,
+                m.job_seconds,
+                m.queue_wait_seconds,
+                w.delivery(job_id),
+                w.due,
+            ],
             args=[repr(now), ttl_s, status.value, event_data({"status": status.value, **data}), job_id, *extra],
         )
 
     def cancel(self, job_id: str, *, now: float, ttl_s: int) -> Any:
         """Cancel a queued job, or flag a running one; the status after, or None."""
         k, m = self.keys, self.metrics
+        w = self.webhooks
         return self._cancel(
-            keys=[k.job(job_id), k.queue, k.events(job_id), m.jobs, m.job_seconds, m.queue_wait_seconds],
+            keys=[
+                k.job(job_id),
+                k.queue,
+                k.events(job_id),
+                m.jobs,
+                m.job_seconds,
+                m.queue_wait_seconds,
+                w.delivery(job_id),
+                w.due,
+            ],
             args=[repr(now), ttl_s, job_id],
         )
 

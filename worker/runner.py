@@ -1,7 +1,8 @@
 """Running one job's spec on its model's engine: the job's task thread hands the spec to the
 engine, relays the engine's steps to Redis (progress, previews), polls for cancellation, runs
 the check of the samples (:mod:`worker.check`: per class, redrawn samples going through the
-same engine, or of points), and stores the PNG, the GIF and the check at the end.
+same engine, or of points), and stores the PNG, the GIF, each sample's own PNG (image models)
+and the check at the end.
 
 Large jobs stay small on the wire and in memory: each GIF frame is shrunk as it is captured
 (each grid at most :data:`GIF_GRID_SIDE` pixels on its longer side, Lanczos), each preview is a
@@ -259,6 +260,7 @@ def run_job(
             deadline = started + settings.max_job_s
             samples, check = check_result(found, engine, spec, result, store, job_id, cancel, deadline)
         png, gif = result_png(samples, channel.is_points), gif_bytes(channel.recorder.frames)
+        images = None if channel.is_points else [png_bytes(image) for image in samples]  # one PNG per sample
     except GenerationCancelled as cancelled:
         done_steps = cancelled.step
         _patiently(lambda: store.cancelled(job_id, done_steps), job_id)
@@ -270,7 +272,7 @@ def run_job(
         _patiently(lambda: store.fail(job_id, message), job_id)
         return "failed"
     seconds = time.perf_counter() - started
-    _patiently(lambda: store.succeed(job_id, png, gif, seconds, check), job_id)
+    _patiently(lambda: store.succeed(job_id, png, gif, seconds, check, images), job_id)
     logger.info("job %s succeeded in %.2f s (%s, %d steps, n=%d)", job_id, seconds, spec.sampler, spec.steps, spec.n)
     return "succeeded"
 

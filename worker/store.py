@@ -145,12 +145,25 @@ class JobStore:
         self.client.xadd(self.keys.events(job_id), {"event": event, "data": event_data(data)})
 
     # ------------------------------------------------------------------ endings
-    def succeed(self, job_id: str, png: bytes, gif: bytes, seconds: float, check: DigitCheck | None = None) -> bool:
-        """Store the results, then mark the job succeeded with its per-digit check, in one step
-        (results exist before the status says so)."""
+    def succeed(
+        self,
+        job_id: str,
+        png: bytes,
+        gif: bytes,
+        seconds: float,
+        check: DigitCheck | None = None,
+        images: list[bytes] | None = None,
+    ) -> bool:
+        """Store the results (the grid, the GIF and, for an image model, each sample's own PNG),
+        then mark the job succeeded with its per-digit check, in one step (results exist before
+        the status says so)."""
         pipe = self.raw.pipeline(transaction=True)
         pipe.set(self.keys.result(job_id, "png"), png, ex=self.ttl_s)
         pipe.set(self.keys.result(job_id, "gif"), gif, ex=self.ttl_s)
+        if images:
+            pipe.delete(self.keys.images(job_id))
+            pipe.hset(self.keys.images(job_id), mapping={str(index): data for index, data in enumerate(images)})
+            pipe.expire(self.keys.images(job_id), self.ttl_s)
         pipe.execute()
         fields = {"seconds": repr(seconds)}
         if check is not None:

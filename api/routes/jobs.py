@@ -1,4 +1,4 @@
-"""``GET /jobs/{id}``, its PNG and GIF, and ``DELETE /jobs/{id}`` (cancel)."""
+"""``GET /jobs/{id}``, its PNG and GIF, each sample's own PNG, and ``DELETE /jobs/{id}`` (cancel)."""
 
 from __future__ import annotations
 
@@ -32,10 +32,11 @@ READ = [Depends(deps.require_read_key)]
 
 @router.get("/jobs/{job_id}", response_model=JobView, dependencies=READ, responses=responses(401, 404))
 async def get_job(job_id: JobId, store: deps.StoreDep) -> JobView:
-    """Status, progress, queue position, timestamps, the job's spec (seed, model, weights hash) and error."""
+    """Status, progress, queue position, timestamps, the job's spec (seed, model, weights hash), error
+    and its webhook's delivery."""
     record = await load_job(store, job_id)
     position = await store.position(job_id) if record.status is JobStatus.QUEUED else None
-    return JobView.of(record, position)
+    return JobView.of(record, position, await store.webhook(record))
 
 
 async def _result(job_id: str, kind: str, store: AsyncJobStore) -> Response:
@@ -74,6 +75,34 @@ async def get_png(job_id: JobId, store: deps.StoreDep) -> Response:
 async def get_gif(job_id: JobId, store: deps.StoreDep) -> Response:
     """The denoising animation."""
     return await _result(job_id, "gif", store)
+
+
+@router.get(
+    "/jobs/{job_id}/images/{index}",
+    response_class=Response,
+    dependencies=READ,
+    responses={200: {"content": {"image/png": {}}, "description": "one sample"}, **responses(401, 404, 409)},
+)
+async def get_sample_image(
+    job_id: JobId,
+    index: Annotated[int, Path(ge=0, le=1_000_000, description="the sample's place in the grid, from 0")],
+    store: deps.StoreDep,
+) -> Response:
+    """One sample of an image model's job as its own PNG (the images API's ``url``)."""
+    record = await load_job(store, job_id)
+    if record.status is not JobStatus.SUCCEEDED:
+        raise HTTPException(409, f"job {job_id} is {record.status.value}: it has no images")
+    data = await store.image(job_id, index)
+    if data is None:
+        count = await store.image_count(job_id)
+        if not count:
+            raise HTTPException(404, f"job {job_id} has no per-sample images (a point model, or they expired)")
+        raise HTTPException(404, f"job {job_id} has images 0 to {count - 1}, not {index}")
+    headers = {
+        "Content-Disposition": f'inline; filename="ddpm-{job_id[:8]}-{index}.png"',
+        "Cache-Control": "private, max-age=86400",
+    }
+    return Response(data, media_type="image/png", headers=headers)
 
 
 @router.delete(

@@ -7,9 +7,9 @@ the change, so several API replicas and workers on other machines add up. A scra
 (one transaction, so the numbers agree with each other) and renders the snapshot with
 ``prometheus_client`` through a collector on a fresh registry.
 
-:class:`RejectionCounter` counts the answers of ``POST /generate`` that refuse a job, by
-reason (the status says which: 429 queue_full, 422 invalid, 401 unauthorized, 413 too_large,
-...); it wraps every other middleware, so it also sees the body limit's 413.
+:class:`RejectionCounter` counts the answers of the endpoints that create jobs that refuse one,
+by the reason the refusal carried (queue_full and rate_limited are both 429s); it wraps every
+other middleware, so it also sees the body limit's 413.
 """
 
 from __future__ import annotations
@@ -29,23 +29,26 @@ from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import deps
-from api.errors import responses
+from api.errors import ACCEPTED_STATE, REFUSAL_STATE, responses
 from contract.layout import Keys
 from contract.metrics import (
     FINISHED,
     JOB_COUNTERS,
     JOB_SECONDS_BUCKETS,
     MODEL_LOAD_BUCKETS,
-    OTHER_REJECTION,
-    REJECT_REASONS,
+    REASON_BY_STATUS,
+    WEBHOOK_COUNTERS,
     Histogram,
     MetricKeys,
+    Refusal,
     read_histogram,
 )
+from contract.webhooks import WebhookKeys
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["service"])
-REASONS = tuple(dict.fromkeys([*REJECT_REASONS.values(), OTHER_REJECTION]))  # each once, in order
+REASONS = tuple(reason.value for reason in Refusal)
+SUBMIT_PATHS = frozenset({"/generate", "/v1/images/generations"})
 # gauges read from each live worker's stats hash: (field, metric name, help)
 WORKER_GAUGES = (
     ("steps_per_second", "ddpm_worker_steps_per_second", "Job steps per second since the worker's previous report"),
@@ -82,6 +85,8 @@ class Snapshot:
     running: int
     workers: dict[str, dict[str, str]]  # live workers' stats hashes
     model_loads: dict[str, dict[str, str]] = field(default_factory=dict)
+    webhooks: dict[str, str] = field(default_factory=dict)
+    webhooks_pending: int = 0
 
 
 class MetricsStore:
@@ -108,7 +113,9 @@ class MetricsStore:
         pipe.scard(self.keys.running)
         pipe.zrangebyscore(self.keys.workers, now - self.worker_dead_after_s, "+inf")
         pipe.smembers(self.metrics.models)
-        jobs, rejected, job_seconds, queue_wait, queued, running, workers, models = await pipe.execute()
+        pipe.hgetall(self.metrics.webhooks)
+        pipe.zcard(WebhookKeys(self.keys.prefix).due)
+        jobs, rejected, job_seconds, queue_wait, queued, running, workers, models, hooks, due = await pipe.execute()
         models = sorted(models)
         pipe = self._client.pipeline(transaction=True)
         for worker in workers:
@@ -125,6 +132,8 @@ class MetricsStore:
             running=int(running),
             workers=dict(zip(workers, replies[: len(workers)], strict=True)),
             model_loads=dict(zip(models, replies[len(workers) :], strict=True)),
+            webhooks=hooks,
+            webhooks_pending=int(due),
         )
 
 
@@ -146,11 +155,24 @@ class SnapshotCollector(Collector):
         for name in JOB_COUNTERS:
             yield CounterMetricFamily(f"ddpm_jobs_{name}", meaning[name], value=_number(s.jobs.get(name)))
         rejected = CounterMetricFamily(
-            "ddpm_jobs_rejected", "Submissions refused by POST /generate, by reason", labels=["reason"]
+            "ddpm_jobs_rejected",
+            "Submissions refused (POST /generate, POST /v1/images/generations), by reason",
+            labels=["reason"],
         )
         for reason in sorted(set(REASONS) | set(s.rejected)):
             rejected.add_metric([reason], _number(s.rejected.get(reason)))
         yield rejected
+        hooks = {
+            "attempts": "Webhook delivery attempts",
+            "failed_attempts": "Webhook delivery attempts that failed (not 2xx, no answer, or a refused URL)",
+            "delivered": "Webhook deliveries a receiver accepted",
+            "given_up": "Webhook deliveries given up (DDPM_WEBHOOK_RETRY_FOR_S passed, or the URL was refused)",
+        }
+        for name in WEBHOOK_COUNTERS:
+            yield CounterMetricFamily(f"ddpm_webhook_{name}", hooks[name], value=_number(s.webhooks.get(name)))
+        yield GaugeMetricFamily(
+            "ddpm_webhooks_pending", "Webhook deliveries due or waiting for a retry", value=s.webhooks_pending
+        )
 
         duration = HistogramMetricFamily(
             "ddpm_job_duration_seconds",
@@ -246,17 +268,21 @@ async def metrics(request: Request, store: MetricsStore = Depends(_metrics_store
 
 
 class RejectionCounter:
-    """Count ``POST /generate`` answers that refuse a job, by reason, in Redis (after the
-    answer is sent; a failure to count is logged, never the client's problem)."""
+    """Count the answers of the endpoints that create jobs that refuse one, in Redis (after the
+    answer is sent; a failure to count is logged, never the client's problem). The reason is the
+    one the refusal carried (:func:`api.errors.mark_refusal`); the status stands for it only
+    where the framework answered before a route ran (401, 413, a schema's 422). An error after
+    the job was made (the images endpoint's job failed) is no refusal."""
 
-    def __init__(self, app: ASGIApp, path: str = "/generate") -> None:
+    def __init__(self, app: ASGIApp, paths: frozenset[str] = SUBMIT_PATHS) -> None:
         self.app = app
-        self.path = path
+        self.paths = paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
             await self.app(scope, receive, send)
             return
+        state = scope.setdefault("state", {})  # shared with the request's state downstream
         status = 0
 
         async def watch(message: Message) -> None:
@@ -268,10 +294,11 @@ class RejectionCounter:
         try:
             await self.app(scope, receive, watch)
         except Exception:
-            await self._count(scope, OTHER_REJECTION)
+            await self._count(scope, Refusal.ERROR.value)
             raise
-        if status >= 400:
-            await self._count(scope, REJECT_REASONS.get(status, OTHER_REJECTION))
+        if status >= 400 and not state.get(ACCEPTED_STATE):
+            reason = state.get(REFUSAL_STATE) or REASON_BY_STATUS.get(status, Refusal.ERROR).value
+            await self._count(scope, reason)
 
     async def _count(self, scope: Scope, reason: str) -> None:
         store: MetricsStore | None = getattr(scope["app"].state, "metrics", None)

@@ -90,7 +90,11 @@ def test_openapi_declares_security_where_a_key_is_enforced(redis_server: Embedde
         spec = client.get("/openapi.json").json()
         assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
         assert set(spec["components"]["securitySchemes"]) == set(writes)  # reads are open: no query scheme
-        assert secured(spec) == {"POST /generate": writes, "DELETE /jobs/{job_id}": writes}
+        assert secured(spec) == {
+            "POST /generate": writes,
+            "POST /v1/images/generations": writes,
+            "DELETE /jobs/{job_id}": writes,
+        }
         assert {"401", "422", "429"} <= set(spec["paths"]["/generate"]["post"]["responses"])
         assert {"401", "404"} <= set(spec["paths"]["/jobs/{job_id}"]["delete"]["responses"])
         assert "401" not in spec["paths"]["/jobs/{job_id}"]["get"]["responses"]

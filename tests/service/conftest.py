@@ -191,6 +191,62 @@ def base_url(api: tuple[subprocess.Popen, str], worker: subprocess.Popen) -> str
     return api[1]
 
 
+CHECK_PREFIX = "ddpmcheck"
+CLASSIFIER = REPO / "checkpoints" / "mnist_classifier.safetensors"
+
+
+def make_sprites_checkpoint(path: Path) -> Path:
+    """An untrained unconditional RGB U-Net of 8 x 8 images from a folder: no classifier judges it."""
+    import torch
+
+    from ddpm_core.checkpoint import save_checkpoint
+    from ddpm_core.models import UNet, UNetConfig
+    from ddpm_core.schedule import NoiseSchedule
+
+    torch.manual_seed(0)
+    config = UNetConfig(
+        image_size=8,
+        in_channels=3,
+        base_channels=8,
+        channel_mult=(1, 2),
+        attention_resolutions=(),
+        num_res_blocks=1,
+        num_classes=0,
+        dropout=0.0,
+        norm_groups=4,
+    )
+    return save_checkpoint(
+        path, UNet(config), NoiseSchedule.linear(100), class_names=[], sample_shape=(3, 8, 8), dataset="folder:sprites"
+    )
+
+
+@pytest.fixture(scope="session")
+def check_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("check-models")
+    shutil.copy(REPO / "checkpoints" / "mnist.safetensors", directory / "mnist.safetensors")
+    shutil.copy(CLASSIFIER, directory / "mnist_classifier.safetensors")  # found by the default setting
+    shutil.copy(REPO / "checkpoints" / "checkerboard.safetensors", directory / "checkerboard.safetensors")
+    make_tiny_checkpoint(directory / "tiny.safetensors")
+    make_sprites_checkpoint(directory / "sprites.safetensors")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def check_url(redis_server: EmbeddedRedis, check_model_dir: Path) -> Iterator[str]:
+    """A worker and the API (their own key prefix and queue) over the shipped model and classifier."""
+    env = service_env(redis_server.url, check_model_dir, DDPM_KEY_PREFIX=CHECK_PREFIX, DDPM_QUEUE_NAME=CHECK_PREFIX)
+    worker: subprocess.Popen = start_logged(worker_command(queue=CHECK_PREFIX), env, "worker-check.log")
+    try:
+        wait_for_worker(redis_server.url, worker, prefix=CHECK_PREFIX)
+        api, base = start_api(env, "api-check.log")
+        try:
+            yield base
+        finally:
+            stop_process(api, "API")
+    finally:
+        stop_process(worker, "worker", grace=15)
+
+
 @pytest.fixture()
 def client(base_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=base_url, timeout=30) as http:

@@ -6,89 +6,25 @@ digit, so mismatches are certain) and an untrained RGB model (``sprites``: no cl
 from __future__ import annotations
 
 import io
-import shutil
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from serve.command import stop_process, worker_command
-from serve.redis_server import EmbeddedRedis
 from tests.service.conftest import (
     ARTIFACTS,
-    REPO,
-    make_tiny_checkpoint,
+    CLASSIFIER,
     read_events,
-    service_env,
-    start_api,
-    start_logged,
-    wait_for_worker,
     wait_job,
 )
 from tests.service.test_page import browser  # noqa: F401  (the headless Chromium fixture)
 
-PREFIX = "ddpmcheck"
-CLASSIFIER = REPO / "checkpoints" / "mnist_classifier.safetensors"
 TINY_DIGIT = 1  # the tiny untrained model's noise is never read as a 1 (asserted below)
 TINY_SEED = 11
 CHECKERBOARD_DDIM_STEPS = 50  # of 100: 0.947 of 10,000 points on the squares (20 steps: 0.871)
 CHECKERBOARD_MIN_FRACTION = 0.9
-
-
-def make_sprites_checkpoint(path: Path) -> Path:
-    """An untrained unconditional RGB U-Net of 8 x 8 images from a folder: no classifier judges it."""
-    import torch
-
-    from ddpm_core.checkpoint import save_checkpoint
-    from ddpm_core.models import UNet, UNetConfig
-    from ddpm_core.schedule import NoiseSchedule
-
-    torch.manual_seed(0)
-    config = UNetConfig(
-        image_size=8,
-        in_channels=3,
-        base_channels=8,
-        channel_mult=(1, 2),
-        attention_resolutions=(),
-        num_res_blocks=1,
-        num_classes=0,
-        dropout=0.0,
-        norm_groups=4,
-    )
-    return save_checkpoint(
-        path, UNet(config), NoiseSchedule.linear(100), class_names=[], sample_shape=(3, 8, 8), dataset="folder:sprites"
-    )
-
-
-@pytest.fixture(scope="session")
-def check_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("check-models")
-    shutil.copy(REPO / "checkpoints" / "mnist.safetensors", directory / "mnist.safetensors")
-    shutil.copy(CLASSIFIER, directory / "mnist_classifier.safetensors")  # found by the default setting
-    shutil.copy(REPO / "checkpoints" / "checkerboard.safetensors", directory / "checkerboard.safetensors")
-    make_tiny_checkpoint(directory / "tiny.safetensors")
-    make_sprites_checkpoint(directory / "sprites.safetensors")
-    return directory
-
-
-@pytest.fixture(scope="session")
-def check_url(redis_server: EmbeddedRedis, check_model_dir: Path) -> Iterator[str]:
-    """A worker and the API (their own key prefix and queue) over the shipped model and classifier."""
-    env = service_env(redis_server.url, check_model_dir, DDPM_KEY_PREFIX=PREFIX, DDPM_QUEUE_NAME=PREFIX)
-    worker: subprocess.Popen = start_logged(worker_command(queue=PREFIX), env, "worker-check.log")
-    try:
-        wait_for_worker(redis_server.url, worker, prefix=PREFIX)
-        api, base = start_api(env, "api-check.log")
-        try:
-            yield base
-        finally:
-            stop_process(api, "API")
-    finally:
-        stop_process(worker, "worker", grace=15)
 
 
 @pytest.fixture()
