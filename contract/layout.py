@@ -18,7 +18,9 @@ id, the request's fingerprint and its queue position then), for ``DDPM_IDEMPOTEN
 Shared: ``{p}:queue`` (sorted set of queued ids by submission time, for queue positions and
 the queue cap), ``{p}:running`` (set of running ids, for recovering jobs of dead workers) and
 ``{p}:workers`` (sorted set of worker names by last heartbeat, for ``/readyz``); per worker,
-``{p}:worker-stats:{name}`` (hash of its engine's counters, while it reports).
+``{p}:worker-stats:{name}`` (hash of its engine's counters, while it reports; its field
+``step_seconds`` holds each model's recent seconds per engine tick, by weights, for
+``GET /models``).
 
 Every status change goes through one of the scripts in :mod:`contract.transitions`.
 """
@@ -36,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from contract.spec import JobSpec
 
 CHECK_FIELD = "check"
+STEP_SECONDS_FIELD = "step_seconds"  # of a worker-stats hash: {weights_sha256: seconds per tick} as JSON
 WEBHOOK_FIELD = "webhook_url"  # read by the transition scripts: a job that ends with it gets a delivery
 
 
@@ -270,3 +273,19 @@ def _check(value: str | None) -> DigitCheck | None:
         return DigitCheck.model_validate_json(value)
     except ValidationError:  # an unreadable check never hides the job
         return None
+
+
+def encode_step_seconds(seconds: dict[str, float]) -> str:
+    """A worker's recent seconds per tick by model weights, for its stats hash."""
+    return json.dumps({key: round(value, 6) for key, value in seconds.items()}, sort_keys=True)
+
+
+def decode_step_seconds(text: str | None) -> dict[str, float]:
+    """:func:`encode_step_seconds`' value back (empty for a missing or garbled field)."""
+    try:
+        values = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(values, dict):
+        return {}
+    return {str(key): float(value) for key, value in values.items() if isinstance(value, (int, float)) and value > 0}

@@ -10,6 +10,8 @@ const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const DEFAULT_N = { image: 16, points: 2000 };
 const QUEUE_POLL_MS = 1000;
 let models = [];
+let samplers = [];  // GET /models: the registry's samplers, in order
+let samplerShown = null;
 let source = null;
 let currentJob = null;
 let queuePoll = null;
@@ -74,6 +76,15 @@ async function loadModels() {
   const response = await fetch("/models");
   const body = await response.json();
   models = body.models;
+  samplers = body.samplers;
+  const samplerSelect = $("sampler");
+  samplerSelect.replaceChildren();
+  for (const sampler of samplers) {
+    const fast = sampler.name === body.fast_sampler;
+    const option = new Option(samplerLabel(sampler, body), sampler.name, fast, fast);
+    option.title = sampler.description;
+    samplerSelect.appendChild(option);
+  }
   const select = $("model");
   select.replaceChildren();
   for (const model of models) {
@@ -113,8 +124,6 @@ function updateModel() {
     if (shownKind !== model.kind) n.value = Math.min(DEFAULT_N[model.kind] || 16, model.n_limit);
     else if (Number(n.value) > model.n_limit) n.value = model.n_limit;
     shownKind = model.kind;
-    $("steps").max = model.num_train_timesteps;
-    $("steps").value = Math.min(Number($("steps").value) || 50, model.num_train_timesteps);
     $("model-info").textContent = describe(model);
   }
   updateSampler();
@@ -133,8 +142,46 @@ function describe(model) {
   return `${model.name}: ${what} of ${model.dataset}, ${classes}${trained}; ${limit}; ${check}.`;
 }
 
+// "UniPC (fast)", "DDPM (all steps, the default)": the registry's title and what it is for here
+function samplerLabel(sampler, listing) {
+  if (sampler.name === listing.fast_sampler) return `${sampler.title} (fast)`;
+  if (!sampler.chooses_steps) return `${sampler.title} (all steps${sampler.name === listing.default_sampler ? ", the API's default" : ""})`;
+  return sampler.title;
+}
+
+function samplerNamed(name) {
+  return samplers.find((s) => s.name === name);
+}
+
+// the steps field follows the sampler and the model: its range, its default when the sampler changes
 function updateSampler() {
-  $("steps").disabled = $("sampler").value !== "ddim";
+  const model = modelNamed($("model").value);
+  const sampler = samplerNamed($("sampler").value);
+  const steps = $("steps");
+  if (!model || !sampler) return;
+  const range = model.steps[sampler.name];
+  steps.min = range.min;
+  steps.max = range.max;
+  steps.disabled = !sampler.chooses_steps;
+  if (samplerShown !== sampler.name || !sampler.chooses_steps || steps.value === "") steps.value = range.default;
+  steps.value = Math.min(Math.max(Number(steps.value), range.min), range.max);
+  samplerShown = sampler.name;
+  updateExpected();
+}
+
+// what a job will cost: its steps at this model's recent seconds per step on the server
+function updateExpected() {
+  const model = modelNamed($("model").value);
+  const steps = Number($("steps").value);
+  if (!model || !steps) return;
+  const calls = `${steps} model call${steps === 1 ? "" : "s"}`;
+  $("expected").textContent = model.step_seconds === null
+    ? `${calls}`
+    : `${calls}: about ${formatSeconds(steps * model.step_seconds)} on this server now`;
+}
+
+function formatSeconds(seconds) {
+  return seconds < 10 ? `${seconds.toFixed(1)} s` : `${Math.round(seconds)} s`;
 }
 
 // redrawing mismatches needs a class to match
@@ -147,7 +194,7 @@ function updateDigit() {
 function requestBody() {
   const body = { model: $("model").value, n: Number($("n").value), sampler: $("sampler").value };
   if ($("digit").value !== "" && !$("digit").disabled) body.class = Number($("digit").value);
-  if (body.sampler === "ddim") body.steps = Number($("steps").value);
+  if (samplerNamed(body.sampler)?.chooses_steps) body.steps = Number($("steps").value);
   if ($("guidance").value !== "" && !$("guidance-label").hidden) body.guidance = Number($("guidance").value);
   if ($("seed").value !== "") body.seed = Number($("seed").value);
   if ($("redraw").checked && !$("redraw").disabled) body.redraw_mismatches = true;
@@ -397,6 +444,7 @@ async function cancel() {
 $("generate-form").addEventListener("submit", submit);
 $("model").addEventListener("change", updateModel);
 $("sampler").addEventListener("change", updateSampler);
+$("steps").addEventListener("input", updateExpected);
 $("digit").addEventListener("change", updateDigit);
 $("cancel").addEventListener("click", cancel);
 for (const img of document.querySelectorAll("figure img")) img.addEventListener("load", () => fitRendering(img));

@@ -60,6 +60,25 @@ def test_generate_streams_progress_and_returns_png_and_gif(client: httpx.Client)
     assert animation.format == "GIF" and animation.n_frames >= 4
 
 
+def test_every_sampler_runs_through_the_stack_and_models_say_how_long_a_step_takes(client: httpx.Client) -> None:
+    """A job of each sampler succeeds with its own step count; then GET /models says how long a
+    step of the model takes on the live worker (what the page's expected time reads)."""
+    jobs = {name: submit(client, digit=2, n=2, sampler=name, seed=3) for name in ("uni_pc", "dpmpp_2m", "ddim")}
+    jobs["ddpm"] = submit(client, n=1, sampler="ddpm", seed=3)
+    expected_steps = {"uni_pc": 8, "dpmpp_2m": 8, "ddim": 50, "ddpm": 200}  # the registry's defaults; T = 200
+    for name, job in jobs.items():
+        record = wait_job(client, job["id"])
+        assert record["status"] == "succeeded", record
+        assert record["params"]["sampler"] == name and record["progress"]["step"] == expected_steps[name]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        mnist = next(model for model in client.get("/models").json()["models"] if model["name"] == "mnist")
+        if mnist["step_seconds"] is not None:
+            break
+        time.sleep(0.2)
+    assert mnist["step_seconds"] is not None and 0 < mnist["step_seconds"] < 5
+
+
 def test_finished_job_replays_its_events(client: httpx.Client) -> None:
     job = submit(client, n=1, sampler="ddim", steps=10, seed=1)
     wait_job(client, job["id"])

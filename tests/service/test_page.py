@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ddpm_core.sampler_specs import FAST_SAMPLER, SAMPLER_NAMES
 from serve.redis_server import EmbeddedRedis
 from tests.api.kinds import SPRITE_CLASSES, write_model_kinds
 from tests.service.conftest import ARTIFACTS, service_env, start_api, stop_process
@@ -104,8 +105,17 @@ def test_page_generates_and_shows_the_grid_and_gif(browser, base_url: str) -> No
     assert redraw.is_enabled() and not redraw.is_selected()
     field.clear()
     field.send_keys("4")
-    Select(browser.find_element(By.ID, "sampler")).select_by_value("ddim")
+    # the samplers come from GET /models (the registry): the fast one first chosen, with its steps
+    sampler = Select(browser.find_element(By.ID, "sampler"))
+    assert [option.get_attribute("value") for option in sampler.options] == list(SAMPLER_NAMES)
+    assert sampler.first_selected_option.get_attribute("value") == FAST_SAMPLER
     steps = browser.find_element(By.ID, "steps")
+    assert steps.get_attribute("value") == "8" and steps.get_attribute("min") == "5" and steps.is_enabled()
+    assert browser.find_element(By.ID, "expected").text.startswith("8 model calls")
+    sampler.select_by_value("ddpm")  # all of the model's 200 training steps, not chosen
+    assert steps.get_attribute("value") == "200" and not steps.is_enabled()
+    sampler.select_by_value("ddim")
+    assert steps.get_attribute("value") == "50" and steps.get_attribute("min") == "10"
     steps.clear()
     steps.send_keys("15")
     browser.find_element(By.ID, "seed").send_keys("5")
@@ -196,7 +206,7 @@ def test_page_follows_the_model_and_shows_the_queue(browser, redis_server: Embed
         assert browser.find_element(By.ID, "progress-text").text == "waiting in the queue: next to run"
         assert browser.find_element(By.ID, "job-status").text == "queued"
         assert browser.find_element(By.ID, "preview-caption").text == "live preview (predicted clean points)"
-        assert "board: 2000 points, ddim" in browser.find_element(By.CSS_SELECTOR, "#jobs li").text
+        assert f"board: 2000 points, {FAST_SAMPLER}" in browser.find_element(By.CSS_SELECTOR, "#jobs li").text
         browser.save_screenshot(str(ARTIFACTS / "page-kinds.png"))
     finally:
         stop_process(process, "API")

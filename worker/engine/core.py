@@ -64,6 +64,8 @@ from worker.engine.stats import EngineStats
 if TYPE_CHECKING:
     from ddpm_core.checkpoint import LoadedCheckpoint
 
+STEP_AVERAGE = 0.2  # the weight of the newest tick in EngineStats.step_seconds
+
 logger = logging.getLogger(__name__)
 
 
@@ -374,6 +376,8 @@ class Engine:
             self._stats.rows += rows
             self._stats.job_steps += len(running)
             self._stats.busy_seconds += seconds
+            recent = self._stats.step_seconds
+            self._stats.step_seconds = seconds if not recent else (1 - STEP_AVERAGE) * recent + STEP_AVERAGE * seconds
             self._stats.host_copies = self._outputs.copies
             self._stats.host_bytes = self._outputs.bytes
             self._scheduler.advance()
