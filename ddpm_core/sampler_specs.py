@@ -151,5 +151,5 @@ def check_class_label(label: int, num_classes: int) -> int:
     if num_classes == 0:
         raise ValueError("this model is unconditional: it takes no class labels")
     if isinstance(label, bool) or not 0 <= int(label) < num_classes:
-        raise ValueError(f"class label {label} out of range [0, {num_classes - 1}]")
+        raise ValueError(f"class label {label} must be between 0 and {num_classes - 1}")
     return int(label)

@@ -125,24 +125,21 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return self.client.hget(self.keys.job(job_id), "cancel") == "1"
 
+    def batch(self) -> JobBatch:
+        """Progress, events and cancel reads of many jobs, sent in one round trip."""
+        return JobBatch(self)
+
     def progress(self, job_id: str, step: int, total: int, eta_s: float | None, elapsed_s: float) -> None:
         """Record the step reached and announce it (also a heartbeat)."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(
-            self.keys.job(job_id), mapping={"step": str(step), "total": str(total), "heartbeat_at": repr(time.time())}
-        )
-        data = {
-            "step": step,
-            "total": total,
-            "eta_s": None if eta_s is None else round(eta_s, 2),
-            "elapsed_s": round(elapsed_s, 2),
-        }
-        pipe.xadd(self.keys.events(job_id), {"event": "progress", "data": event_data(data)})
-        pipe.execute()
+        batch = self.batch()
+        batch.progress(job_id, step, total, eta_s, elapsed_s)
+        batch.execute()
 
     def event(self, job_id: str, event: str, data: dict[str, Any]) -> None:
         """Append a non-status event (for example a preview) to the job's stream."""
-        self.client.xadd(self.keys.events(job_id), {"event": event, "data": event_data(data)})
+        batch = self.batch()
+        batch.event(job_id, event, data)
+        batch.execute()
 
     # ------------------------------------------------------------------ endings
     def succeed(
@@ -263,3 +260,49 @@ class JobStore:
                 if record is not None:
                     requeued.append(record)
         return requeued
+
+
+class JobBatch:
+    """Writes and reads of many jobs queued on one pipeline and sent in one round trip
+    (:meth:`execute`): how the worker's :class:`~worker.progress.JobWatch` publishes every job's
+    progress and reads every job's cancel flag at once."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.keys = store.keys
+        self._pipe = store.client.pipeline(transaction=False)
+        self._flags: list[int] = []  # positions of the cancel reads among the pipeline's results
+        self._commands = 0
+
+    def __len__(self) -> int:
+        return self._commands
+
+    def progress(self, job_id: str, step: int, total: int, eta_s: float | None, elapsed_s: float) -> None:
+        """Record the step reached and announce it (also a heartbeat)."""
+        beat = repr(time.time())
+        self._pipe.hset(self.keys.job(job_id), mapping={"step": str(step), "total": str(total), "heartbeat_at": beat})
+        data = {
+            "step": step,
+            "total": total,
+            "eta_s": None if eta_s is None else round(eta_s, 2),
+            "elapsed_s": round(elapsed_s, 2),
+        }
+        self._pipe.xadd(self.keys.events(job_id), {"event": "progress", "data": event_data(data)})
+        self._commands += 2
+
+    def event(self, job_id: str, event: str, data: dict[str, Any]) -> None:
+        """Append a non-status event (for example a preview) to the job's stream."""
+        self._pipe.xadd(self.keys.events(job_id), {"event": event, "data": event_data(data)})
+        self._commands += 1
+
+    def read_cancel(self, job_id: str) -> None:
+        """Read whether the job's cancellation was asked for (an entry of :meth:`execute`'s flags)."""
+        self._flags.append(self._commands)
+        self._pipe.hget(self.keys.job(job_id), "cancel")
+        self._commands += 1
+
+    def execute(self) -> list[bool]:
+        """Send everything queued; the cancel flags read, in the order :meth:`read_cancel` was called."""
+        if not self._commands:
+            return []
+        results = self._pipe.execute()
+        return [results[position] == "1" for position in self._flags]

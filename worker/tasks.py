@@ -45,6 +45,7 @@ def _process_state() -> tuple[JobStore, Any]:
             from worker.compiler import BucketCompiler, strategy_for
             from worker.engines import EnginePool
             from worker.models import ModelCache
+            from worker.progress import JobWatch
 
             settings = get_settings()
             device = pick_device(settings.device)
@@ -54,9 +55,12 @@ def _process_state() -> tuple[JobStore, Any]:
                 compiler = BucketCompiler(settings.compile_cache_path, strategy_for(device.type))
                 compiler.start()
             models = ModelCache(ModelRegistry(settings), device)
+            store = JobStore(settings)
             _state.update(
                 device=device,
-                store=JobStore(settings),
+                store=store,
+                # one thread publishes every job's progress and reads every job's cancel flag
+                watch=JobWatch(store, min(0.1, max(settings.progress_interval_s, 0.02))),
                 engines=EnginePool(models, settings, compiler),
                 # the per-digit check's classifier: loaded once, by the first job it can check
                 checker=DigitChecker(settings.classifier_path, device),
@@ -87,7 +91,7 @@ def generate_task(self, job_id: str, spec: dict[str, Any]) -> str:
     beat = JobHeartbeat(store, job_id, settings.heartbeat_s)
     beat.start()
     try:
-        return run_job(settings, store, engines, job_id, job_spec, checker=_state["checker"])
+        return run_job(settings, store, engines, job_id, job_spec, _state["watch"], checker=_state["checker"])
     finally:
         beat.stop()
 

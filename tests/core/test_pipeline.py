@@ -95,8 +95,11 @@ def test_callback_and_cancellation(model):
 
 
 def test_bad_labels_are_refused(model):
-    with pytest.raises(ValueError, match="out of range"):
-        generate(model, sampler(), sample_shape=(1, 8, 8), class_labels=[5])
+    """One label check everywhere: the null label (num_classes) is not a class (None is how a
+    caller asks for an unconditional row), and neither is anything past it."""
+    for label in (model.num_classes, model.num_classes + 1, -1):
+        with pytest.raises(ValueError, match=f"class label {label} must be between 0 and {model.num_classes - 1}"):
+            generate(model, sampler(), sample_shape=(1, 8, 8), class_labels=[label])
     with pytest.raises(ValueError, match="guidance"):
         generate(model, sampler(), sample_shape=(1, 8, 8), num_samples=1, guidance_scale=-1)
 

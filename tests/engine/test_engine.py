@@ -305,7 +305,7 @@ def test_bad_requests_are_refused_at_submit(model):
             (EngineRequest(n=0), "n must"),
             (EngineRequest(sampler="euler"), "unknown sampler"),
             (EngineRequest(sampler="ddim", steps=0), "num_inference_steps"),
-            (EngineRequest(digit=3), "out of range"),
+            (EngineRequest(digit=3), "must be between 0 and 2"),
             (EngineRequest(n=2, labels=(1,)), "2 samples"),
             (EngineRequest(guidance=-1), "guidance"),
             (EngineRequest(eta=0.5), "eta"),

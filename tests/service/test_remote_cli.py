@@ -89,7 +89,7 @@ def test_a_wrong_key_and_no_server_are_one_line_each(keyed: str) -> None:
     status, out, err = finished(
         ddpm("--server", keyed, "--digit", "12", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     )
-    assert status == 2 and "digit: must be between 0 and 9" in err
+    assert status == 2 and "digit: class label 12 must be between 0 and 9" in err
 
 
 class Drain(threading.Thread):

@@ -17,7 +17,8 @@ from contract.settings import Settings
 from ddpm_core.pipeline import StepInfo
 from ddpm_core.render import FrameRecorder, gif_bytes, make_grid, png_bytes, to_uint8_images
 from worker.engine.request_state import HostStep
-from worker.runner import GIF_GRID_SIDE, PREVIEW_MAX_BYTES, JobChannel, preview_png, result_png
+from worker.progress import GIF_GRID_SIDE, PREVIEW_MAX_BYTES, JobChannel, preview_png
+from worker.runner import result_png
 
 GIF_MAX_BYTES = 10 * 1024 * 1024
 

@@ -376,6 +376,7 @@ class Engine:
             self._stats.rows += rows
             self._stats.job_steps += len(running)
             self._stats.busy_seconds += seconds
+            self._stats.forward_seconds += output.forward_seconds
             recent = self._stats.step_seconds
             self._stats.step_seconds = seconds if not recent else (1 - STEP_AVERAGE) * recent + STEP_AVERAGE * seconds
             self._stats.host_copies = self._outputs.copies

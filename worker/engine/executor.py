@@ -32,6 +32,7 @@ class TickOutput:
 
     results: list[StepInfo | BaseException]
     forward_calls: int
+    forward_seconds: float = 0.0  # wall seconds inside the forward (on a GPU: launching it)
 
 
 class TickTimer:
@@ -148,16 +149,21 @@ class StepExecutor:
                 generation's own step is in its place in ``results`` instead.
         """
         forward_calls = 0
+        forward_seconds = 0.0
 
         def counted_forward(sample: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor | None):
-            nonlocal forward_calls
+            nonlocal forward_calls, forward_seconds
             forward_calls += 1
-            return forward(sample, timesteps, labels)
+            started = time.perf_counter()
+            try:
+                return forward(sample, timesteps, labels)
+            finally:
+                forward_seconds += time.perf_counter() - started
 
         results = denoise_step(
             generations, counted_forward, max_batch=self.max_batch, return_exceptions=True, staging=self._upload
         )
-        return TickOutput(results, forward_calls)
+        return TickOutput(results, forward_calls, forward_seconds)
 
 
 def is_fatal_device_error(error: BaseException) -> bool:

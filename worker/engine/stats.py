@@ -19,6 +19,7 @@ class EngineStats:
     rows: int = 0
     job_steps: int = 0
     busy_seconds: float = 0.0
+    forward_seconds: float = 0.0  # of busy_seconds, inside the forward (on a GPU: launching it)
     submitted: int = 0
     succeeded: int = 0
     failed: int = 0
@@ -40,6 +41,12 @@ class EngineStats:
     @property
     def occupancy(self) -> float:
         return self.mean_rows_per_tick / self.max_batch
+
+    @property
+    def host_seconds(self) -> float:
+        """Busy seconds outside the forward: the tick's own cost (planning, the sampler step,
+        the outputs; on a CPU everything but the model)."""
+        return max(self.busy_seconds - self.forward_seconds, 0.0)
 
     @property
     def rows_per_second(self) -> float:
