@@ -195,7 +195,6 @@ def test_unconditional_models_batch_and_do_not_mix_with_conditional_ones(model):
         batch_inputs([new_generation(unconditional, jobs[0]), new_generation(model, JOBS[0])])
 
 
-
 class RowwiseModel(torch.nn.Module):
     """A stand-in for the network that works row by row in exact elementwise arithmetic, so a
     row's output cannot depend on what else shares its batch (a real U-Net's can, by float noise)."""

@@ -115,4 +115,3 @@ def test_a_preview_is_an_event_with_a_png(store) -> None:
     events = [fields for _, fields in store.client.xrange(store.keys.events("p"))]
     previews = [json.loads(fields["data"]) for fields in events if fields["event"] == "preview"]
     assert len(previews) == 1 and previews[0]["image"].startswith("data:image/png;base64,")
-
