@@ -112,12 +112,14 @@ class ShardedBatches(Dataset):
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """The permutation (N,) of the images in ``epoch``, drawn from (seed, epoch); the last two kept."""
-        if epoch not in self._orders:
+        order = self._orders.get(epoch)
+        if order is None:
             generator = torch.Generator().manual_seed(mix_seed(self.seed, EPOCH_ORDER, epoch))
-            self._orders[epoch] = torch.randperm(len(self.data), generator=generator)
-            for old in sorted(self._orders)[:-2]:
-                del self._orders[old]
-        return self._orders[epoch]
+            order = torch.randperm(len(self.data), generator=generator)
+            if len(self._orders) >= 2:
+                del self._orders[next(iter(self._orders))]  # the oldest drawn
+            self._orders[epoch] = order
+        return order
 
 
 def default_workers(device: torch.device) -> int:

@@ -201,9 +201,9 @@ def init_distributed(device: str | None = "auto", timeout_s: float = DEFAULT_TIM
 
 
 def short_message(error: BaseException) -> str:
-    """The first line of ``error``'s message, without the C++ source location torch prefixes."""
+    """The first sentence of ``error``'s message, without the C++ source location torch prefixes."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return re.sub(r"^\[[^\]]*\]\s*", "", text)
+    return re.split(r"(?<=[\w\]])\.\s", re.sub(r"^\[[^\]]*\]\s*", "", text))[0]
 
 
 COLLECTIVE_FAILURES = ("timed out", "timeout", "connection closed", "connection reset", "broken pipe", "nccl", "gloo")
@@ -219,9 +219,13 @@ def collective_errors(context: DistContext) -> Iterator[None]:
         collective = isinstance(error, dist.DistError) or any(marker in message for marker in COLLECTIVE_FAILURES)
         if not context.enabled or not collective:
             raise
+        if "timed out" in message or "timeout" in message:
+            why = f"no answer within the {context.timeout_s:g} s timeout (--dist-timeout): a rank hangs or stalls"
+        else:
+            why = "another rank ended: it failed (see its error) or was stopped"
         raise DistributedError(
-            f"{context.describe()}: lost contact with another rank ({short_message(error)}): it failed, hangs "
-            f"longer than the {context.timeout_s:g} s timeout or was stopped; resume the run with --resume"
+            f"{context.describe()}: lost contact with the other ranks ({short_message(error)}); {why}. "
+            "The run can continue from its last checkpoint with --resume"
         ) from None
 
 
