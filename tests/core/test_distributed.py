@@ -172,6 +172,15 @@ def test_a_failing_rank_ends_the_run_with_one_line(digits, tmp_path):
     assert "ddpm_core" not in "".join(line for line in result.stderr.splitlines() if line.startswith("  File"))
 
 
+@pytest.mark.e2e  # torchrun in a subprocess
+def test_an_error_rank_0_finds_for_all_is_one_line(digits, tmp_path):
+    """Nothing to resume in --out: rank 0 (which alone reads the run directory) says so in one line;
+    rank 1, which has no copy of the directory anyway, ends quietly."""
+    result = torchrun(*train_args(digits, tmp_path / "empty", 5, "--resume"), timeout=90)
+    assert result.returncode != 0
+    assert error_lines(result) == [f"ddpm: error: rank 0 of 2: --resume: no training state in {tmp_path}/empty/rank0"]
+
+
 @pytest.mark.e2e  # torchrun in subprocesses
 def test_a_killed_run_resumes_exactly_on_two_ranks_and_on_one(two_ranks, digits, tmp_path, monkeypatch):
     """Rank 1 is SIGKILLed at step 4 of 5 (once rank 0 has saved step 4): resumed on 2 ranks the run
