@@ -112,7 +112,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--sample-every", type=int, help="write a sample grid every N steps (0: never)")
     group.add_argument("--log-every", type=int)
     group.add_argument("--seed", type=int, help="seeds the initial weights, the data order and the noise")
-    group = parser.add_argument_group("speed and scale (none of these changes what is learned)")
+    group = parser.add_argument_group("speed, scale and logs (what is learned stays the same, to float rounding)")
     group.add_argument(
         "--accumulate",
         type=int,

@@ -8,6 +8,8 @@ Set by environment:
   that share no file system: only ``OUT/rank0`` may ever appear.
 - ``DDPM_TEST_FAULT=KIND:RANK:STEP``: rank RANK, about to run step STEP + 1, ``kill``s itself
   with SIGKILL (once rank 0 has saved step STEP), ``raise``s a data error, or ``hang``s.
+- ``DDPM_TEST_COMPILE_BACKEND=NAME``: ``--compile`` uses this torch.compile backend (e.g.
+  ``aot_eager``: the same graphs without inductor's C++ build).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import os
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
+
+import torch
 
 from ddpm_core import cli
 from ddpm_core.errors import DatasetError
@@ -77,6 +82,8 @@ def train(self: Trainer) -> Path:
 
 
 Trainer.train_step, Trainer.train = train_step, train
+if os.environ.get("DDPM_TEST_COMPILE_BACKEND"):
+    torch.compile = partial(torch.compile, backend=os.environ["DDPM_TEST_COMPILE_BACKEND"])
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
