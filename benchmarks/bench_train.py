@@ -13,7 +13,7 @@ gradient clipping, AdamW, in float32 on the CPU and bf16 autocast on CUDA. The m
 turns, ``--repeats`` times, each timing ``--steps`` steps after two warm-up steps; the table
 shows the median images/s and the range. One more row times our model through
 :class:`~ddpm_core.training.Trainer`, the loop ``ddpm train`` runs (data, EMA, metrics,
-checkpoint), from its log. ``--compile`` adds torch.compile rows (the first steps compile);
+checkpoint; channels-last, as it trains on images), from its log. ``--compile`` adds torch.compile rows (the first steps compile);
 ``--channels-last`` adds channels-last rows.
 
 Part 2, ``ddpm train`` through torchrun on random 28-px images with the MNIST U-Net, global batch

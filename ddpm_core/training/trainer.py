@@ -164,8 +164,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.device = self.context.device
         self.on_cuda = self.device.type == "cuda"
-        # channels-last helps cuDNN's convolutions (tensor cores); on the CPU it measured no gain
-        self.channels_last = self.on_cuda and isinstance(data, ImageData)
+        # channels-last speeds up the convolutions of cuDNN (tensor cores) and of oneDNN on the CPU:
+        # benchmarks/bench_train.py measured the U-Net's step 3-12% faster with it on a 2-core CPU
+        self.channels_last = isinstance(data, ImageData)
         self.sample_writer = sample_writer
         self.progress = progress
         self.model = model.to(self.device)
