@@ -3,7 +3,7 @@ side in one run, and ``ddpm train``'s scaling from 1 to 2 ranks.
 
     python benchmarks/bench_train.py [--presets mnist,rgb32] [--batch 64] [--steps 6] [--repeats 3]
                                      [--compile] [--channels-last] [--threads N] [--scaling-steps 24]
-                                     [--no-scaling]
+                                     [--no-scaling | --no-compare]
 
 Part 1, one process. Both networks are built from one :class:`~ddpm_core.models.UNetConfig`
 (diffusers: the same channels per level, res blocks per level, attention levels, heads, groups,
@@ -13,14 +13,14 @@ gradient clipping, AdamW, in float32 on the CPU and bf16 autocast on CUDA. The m
 turns, ``--repeats`` times, each timing ``--steps`` steps after two warm-up steps; the table
 shows the median images/s and the range. One more row times our model through
 :class:`~ddpm_core.training.Trainer`, the loop ``ddpm train`` runs (data, EMA, metrics,
-checkpoint; channels-last, as it trains on images), from its log. ``--compile`` adds torch.compile rows (the first steps compile);
-``--channels-last`` adds channels-last rows.
+checkpoint; channels-last, as it trains on images), from its log. ``--compile`` adds
+torch.compile rows (the first steps compile); ``--channels-last`` adds channels-last rows.
 
 Part 2, ``ddpm train`` through torchrun on random 28-px images with the MNIST U-Net, global batch
 ``--batch``: 1 rank and 2 ranks (gloo on the CPU, one thread per rank, plus one process with
 every core; NCCL on 2 GPUs when the machine has them), images/s from ``log.jsonl`` (the median
-of the windows after the first). On a CPU both ranks share the same cores: the rows show what
-data parallelism costs, not a speed-up.
+of the windows after the first). On a CPU the ranks share its cores: 2 ranks of one thread
+beside 1 rank of one thread is the scaling when each rank has a core to itself, and only then.
 """
 
 from __future__ import annotations
@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels-last", action="store_true", help="add channels-last rows")
     parser.add_argument("--scaling-steps", type=int, default=24, help="steps of each ddpm train run (default 24)")
     parser.add_argument("--no-scaling", action="store_true", help="skip part 2")
+    parser.add_argument("--no-compare", action="store_true", help="skip part 1")
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--threads", type=int, help="torch threads of part 1 (default: torch's; 1 is steadier on a busy machine)"
@@ -277,11 +278,12 @@ def main(argv: list[str] | None = None) -> int:
         import diffusers
 
         print(f"diffusers {diffusers.__version__}")
-    print()
-    print_table(
-        ["preset", "model", "params (M)", "precision", "batch", "images/s", "range", "vs diffusers"],
-        part_one(args, device),
-    )
+    if not args.no_compare:
+        print()
+        print_table(
+            ["preset", "model", "params (M)", "precision", "batch", "images/s", "range", "vs diffusers"],
+            part_one(args, device),
+        )
     if not args.no_scaling:
         print(f"\nddpm train, MNIST U-Net, global batch {args.batch}, {args.scaling_steps} steps:")
         print_table(["ranks", "images/s", "range"], part_two(args, device))
