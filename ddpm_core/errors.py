@@ -23,6 +23,11 @@ class DatasetError(DDPMError):
     """A data set is missing, corrupt or not of the expected kind."""
 
 
+class DistributedError(DDPMError):
+    """A process of a distributed run cannot join it, or lost contact with another (which failed,
+    hangs past the timeout or was stopped); reported in one line so the whole run ends, not hangs."""
+
+
 class GenerationCancelled(DDPMError):
     """Generation stopped because it was asked to; ``step`` of ``total`` steps were done."""
 

@@ -2,6 +2,8 @@
 
 The data set is read and validated first; the model is then built for the data's sample shape
 (image size and channels) and classes, so nothing is trained on data the model does not fit.
+Started by torchrun, every process runs the command and trains data-parallel on its share of
+each global batch (:mod:`ddpm_core.training.distributed`); without torchrun it is one process.
 """
 
 from __future__ import annotations
@@ -12,77 +14,38 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from torch import nn
+import torch
 
 from ddpm_core.checkpoint import load_checkpoint
 from ddpm_core.checkpoint_header import read_checkpoint_info
 from ddpm_core.cli.common import int_list, make_sample_writer
-from ddpm_core.data import DataOptions, dataset_kind, load_training_data
-from ddpm_core.data.datasets import TrainingData
+from ddpm_core.cli.train_setup import (
+    DEFAULTS,
+    MODEL_OPTIONS,
+    TRAIN_OPTIONS,
+    build_new_model,
+    build_schedule,
+    data_options,
+    name_list,
+)
+from ddpm_core.data import dataset_kind, load_training_data
 from ddpm_core.data.spec import DATASET_HELP
-from ddpm_core.errors import UsageError
-from ddpm_core.models import MLPConfig, UNetConfig, build_model, default_attention_resolutions
+from ddpm_core.errors import DDPMError, DistributedError, UsageError
+from ddpm_core.models import build_model
 from ddpm_core.schedule import DEFAULT_BETA_END, DEFAULT_BETA_START, NoiseSchedule
-from ddpm_core.training import TrainConfig, Trainer
+from ddpm_core.training import RunOptions, TrainConfig, Trainer
+from ddpm_core.training.distributed import (
+    DEFAULT_TIMEOUT_S,
+    DistContext,
+    RemoteFailure,
+    check_batch_split,
+    init_distributed,
+)
+from ddpm_core.training.metrics import require_tensorboard
 from ddpm_core.training.state import STATE_JSON
 
 logger = logging.getLogger(__name__)
-
-# Per-dataset defaults: the MNIST U-Net is sized to sample 16 digits in 1000 steps on 2 CPU cores.
-# The image size and channels come from the data; attention, when not given, from the image size.
-DEFAULTS = {
-    "mnist": {
-        "schedule": ("linear", 1000),
-        "model": {"base_channels": 16, "channel_mult": (1, 2, 4), "num_res_blocks": 1, "dropout": 0.1},
-        "train": {"batch_size": 128, "max_steps": 20_000, "learning_rate": 1e-3, "sample_every": 1000},
-    },
-    "folder": {
-        "schedule": ("linear", 1000),
-        "model": {"base_channels": 32, "channel_mult": (1, 2, 2), "num_res_blocks": 2, "dropout": 0.1},
-        "train": {"batch_size": 64, "max_steps": 20_000, "learning_rate": 2e-4, "sample_every": 1000},
-    },
-    "checkerboard": {
-        "schedule": ("cosine", 200),
-        "model": {"hidden_dim": 256, "num_layers": 3},
-        "train": {
-            "batch_size": 512,
-            "max_steps": 4000,
-            "learning_rate": 2e-3,
-            "warmup_steps": 100,
-            "lr_schedule": "cosine",
-            "ema_decay": 0.995,
-            "checkpoint_every": 1000,
-            "log_every": 100,
-        },
-    },
-}
-DEFAULTS["npy"] = DEFAULTS["folder"]
-MODEL_OPTIONS = (
-    "base_channels",
-    "channel_mult",
-    "num_res_blocks",
-    "attention_resolutions",
-    "dropout",
-    "num_heads",
-    "hidden_dim",
-    "num_layers",
-)
-TRAIN_OPTIONS = (
-    "max_steps",
-    "batch_size",
-    "learning_rate",
-    "warmup_steps",
-    "lr_schedule",
-    "weight_decay",
-    "grad_clip",
-    "ema_decay",
-    "label_dropout",
-    "loss",
-    "checkpoint_every",
-    "sample_every",
-    "log_every",
-    "seed",
-)
+__all__ = ["DEFAULTS", "add_parser", "build_new_model", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -128,8 +91,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     group.add_argument("--unconditional", action="store_true", help="ignore the labels: train a model without classes")
     group = parser.add_argument_group("training")
-    group.add_argument("--max-steps", type=int)
-    group.add_argument("--batch-size", type=int)
+    group.add_argument("--max-steps", type=int, help="optimiser steps (the learning-rate schedule counts these)")
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        help="the global batch per optimiser step: under torchrun it is split evenly over the ranks "
+        "(and over --accumulate micro-batches), so the same value trains the same model on any number of GPUs",
+    )
     group.add_argument("--lr", dest="learning_rate", type=float)
     group.add_argument("--warmup-steps", type=int)
     group.add_argument("--lr-schedule", choices=("constant", "cosine"), help="after warm-up (default constant)")
@@ -143,7 +111,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--checkpoint-every", type=int)
     group.add_argument("--sample-every", type=int, help="write a sample grid every N steps (0: never)")
     group.add_argument("--log-every", type=int)
-    group.add_argument("--seed", type=int)
+    group.add_argument("--seed", type=int, help="seeds the initial weights, the data order and the noise")
+    group = parser.add_argument_group("speed, scale and logs (what is learned stays the same, to float rounding)")
+    group.add_argument(
+        "--accumulate",
+        type=int,
+        default=1,
+        help="micro-batches per optimiser step on each rank, with one gradient sync per step: a small GPU "
+        "reaches the global batch (default 1)",
+    )
+    group.add_argument("--compile", action="store_true", help="torch.compile the model's training step")
+    group.add_argument(
+        "--data-workers",
+        type=int,
+        help="processes preparing batches ahead of the device (default: 2 on CUDA, 0 on the CPU)",
+    )
+    group.add_argument(
+        "--log",
+        choices=("jsonl", "tensorboard"),
+        default="jsonl",
+        help="RUN_DIR/log.jsonl is always written (loss, lr, grad_norm, images_per_s, eta_s); tensorboard "
+        "also writes RUN_DIR/tensorboard (needs the tensorboard package)",
+    )
+    group.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="under torchrun: how long a rank waits for the others before the run ends with an error "
+        f"(default {DEFAULT_TIMEOUT_S:g}; rank 0 writes checkpoints and sample grids meanwhile)",
+    )
     group = parser.add_argument_group("schedule")
     group.add_argument(
         "--schedule", choices=("linear", "cosine"), help="noise schedule (default: linear; cosine for checkerboard)"
@@ -188,82 +185,39 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--num-layers", type=int, help="MLP residual layers (checkerboard)")
 
 
-def name_list(text: str) -> tuple[str, ...]:
-    """'a,b, c' -> ('a', 'b', 'c')."""
-    return tuple(part.strip() for part in text.split(","))
-
-
-def data_options(args: argparse.Namespace, **overrides: object) -> DataOptions:
-    """The data options given on the command line (``overrides`` win)."""
-    options = {
-        "image_size": args.image_size,
-        "channels": args.channels,
-        "class_names": args.class_names,
-        "unconditional": args.unconditional,
-        "data_dir": args.data_dir,
-    }
-    return DataOptions(**{**options, **overrides})
-
-
-def build_new_model(kind: str, model_options: dict, data: TrainingData) -> nn.Module:
-    """A fresh MLP (checkerboard) or U-Net (images) from the merged model options, shaped for ``data``.
-
-    Raises:
-        UsageError: the options do not build a U-Net for the data's images (e.g. an image size the
-            levels do not divide, an attention resolution the U-Net never reaches).
-    """
-    num_classes = len(data.class_names)
-    if kind == "checkerboard":
-        fields = {key: model_options[key] for key in ("hidden_dim", "num_layers") if key in model_options}
-        return build_model("mlp", MLPConfig(data_dim=2, num_classes=num_classes, **fields))
-    fields = {key: value for key, value in model_options.items() if key not in ("hidden_dim", "num_layers")}
-    channels, size = data.sample_shape[0], data.sample_shape[-1]
-    if "attention_resolutions" not in fields:
-        fields["attention_resolutions"] = default_attention_resolutions(size, len(fields["channel_mult"]))
-    try:
-        config = UNetConfig(image_size=size, in_channels=channels, num_classes=num_classes, **fields)
-    except ValueError as error:
-        raise UsageError(f"the U-Net does not fit {data.name} ({channels} x {size} x {size} images): {error}") from None
-    return build_model("unet", config)
-
-
-def build_schedule(args: argparse.Namespace, kind: str) -> NoiseSchedule:
-    """The noise schedule asked for: the linear one keeps the betas given (scaled only with --scale-betas)."""
-    default_kind, default_steps = DEFAULTS[kind]["schedule"]
-    schedule_kind = args.schedule or default_kind
-    steps = args.num_train_timesteps or default_steps
-    linear_only = [
-        flag for flag, value in (("--beta-start", args.beta_start), ("--beta-end", args.beta_end)) if value is not None
-    ] + (["--scale-betas"] if args.scale_betas else [])
-    try:
-        if schedule_kind == "cosine":
-            if linear_only:
-                raise UsageError(f"{' and '.join(linear_only)} apply to the linear schedule, not cosine")
-            return NoiseSchedule.cosine(steps)
-        schedule = NoiseSchedule.linear(
-            steps,
-            DEFAULT_BETA_START if args.beta_start is None else args.beta_start,
-            DEFAULT_BETA_END if args.beta_end is None else args.beta_end,
-            scale_to_length=args.scale_betas,
-        )
-    except ValueError as error:
-        raise UsageError(f"bad schedule: {error}") from None
-    final = float(schedule.alphas_cumprod[-1])
-    if final > 0.01:
-        logger.warning(
-            "linear betas %.3g..%.3g over T=%d leave alphabar_T = %.3g: x_T keeps %.0f%% of the data's scale "
-            "while sampling starts from pure noise (--scale-betas or a larger --beta-end would remove it)",
-            schedule.betas[0],
-            schedule.betas[-1],
-            steps,
-            final,
-            100 * final**0.5,
-        )
-    return schedule
-
-
 def run(args: argparse.Namespace) -> int:
-    """Run ``ddpm train`` with parsed ``args``; returns the exit status."""
+    """Run ``ddpm train`` with parsed ``args``; returns the exit status.
+
+    Under torchrun every process runs this; errors name the rank, and an error rank 0 reports for
+    all (a missing run to resume, data it could not load) ends the other ranks quietly.
+    """
+    if args.log == "tensorboard":
+        require_tensorboard()
+    context = init_distributed(args.device, args.dist_timeout)
+    if not context.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        status = train(args, context)
+    except RemoteFailure:
+        return 2
+    except (DDPMError, ValueError, OSError) as error:
+        if not context.enabled or isinstance(error, DistributedError):
+            raise
+        raise DistributedError(f"{context.describe()}: {error}") from None
+    context.close()
+    return status
+
+
+def read_run(out: Path) -> tuple[dict, dict]:
+    """The run to resume in ``out``: its checkpoint's header and its saved training options."""
+    state_file = out / STATE_JSON
+    if not state_file.is_file():
+        raise UsageError(f"--resume: no training state in {out}")
+    return read_checkpoint_info(out / "model.safetensors"), json.loads(state_file.read_text())["train_config"]
+
+
+def train(args: argparse.Namespace, context: DistContext) -> int:
+    """Build the data, model and schedule (rank 0 first), then train on this process's share."""
     kind = dataset_kind(args.dataset)
     if args.loss == "l2":
         args.loss = "mse"
@@ -271,47 +225,54 @@ def run(args: argparse.Namespace) -> int:
     given_train = {key: getattr(args, key) for key in TRAIN_OPTIONS if getattr(args, key, None) is not None}
     model_options = {**DEFAULTS[kind]["model"], **given_model}
     train_options = {**DEFAULTS[kind]["train"], **given_train}
-
-    if args.resume:
-        state_file = args.out / STATE_JSON
-        if not state_file.is_file():
-            raise UsageError(f"--resume: no training state in {args.out}")
-        saved = read_checkpoint_info(args.out / "model.safetensors")
+    if args.resume:  # rank 0 reads the run directory: the other ranks need no copy of it
+        saved, saved_train = context.from_main(lambda: read_run(args.out))
         # The run's own model and schedule win; training options given now override the saved ones.
-        train_options = {**json.loads(state_file.read_text())["train_config"], **given_train}
-        saved_config = saved["model_config"]
-        images = {"image_size": saved_config.get("image_size"), "channels": saved_config.get("in_channels")}
-        data = load_training_data(
-            args.dataset, data_options(args, **images, unconditional=args.unconditional or not saved["class_names"])
-        )
-        if data.class_names != saved["class_names"]:
-            raise UsageError(
-                f"--resume: the data's classes [{', '.join(data.class_names)}] differ from the run's "
-                f"[{', '.join(map(str, saved['class_names']))}]"
-            )
-        model = build_model(saved["model_kind"], saved_config)
-        schedule = NoiseSchedule.from_config(saved["schedule"])
-    else:
-        data = load_training_data(args.dataset, data_options(args))
-        model = build_new_model(kind, model_options, data)
-        schedule = build_schedule(args, kind)
-        if args.init_from:
-            source = load_checkpoint(args.init_from)
-            if source.model.config != model.config:
+        train_options = {**saved_train, **given_train}
+
+    with context.main_first():  # rank 0 first: it may download the data; its errors end every rank
+        config = TrainConfig(**train_options)
+        check_batch_split(config.batch_size, context.world_size, args.accumulate)
+        torch.manual_seed(config.seed)  # the initial weights (rank 0's, under torchrun) follow --seed
+        if args.resume:
+            saved_config = saved["model_config"]
+            images = {"image_size": saved_config.get("image_size"), "channels": saved_config.get("in_channels")}
+            unconditional = args.unconditional or not saved["class_names"]
+            data = load_training_data(args.dataset, data_options(args, **images, unconditional=unconditional))
+            if data.class_names != saved["class_names"]:
                 raise UsageError(
-                    f"--init-from: {args.init_from} has model config {source.model.config}, not {model.config}"
+                    f"--resume: the data's classes [{', '.join(data.class_names)}] differ from the run's "
+                    f"[{', '.join(map(str, saved['class_names']))}]"
                 )
-            model.load_state_dict(source.model.state_dict())
-    config = TrainConfig(**train_options)
+            model = build_model(saved["model_kind"], saved_config)
+            schedule = NoiseSchedule.from_config(saved["schedule"])
+        else:
+            data = load_training_data(args.dataset, data_options(args))
+            model = build_new_model(kind, model_options, data)
+            schedule = build_schedule(args, kind)
+            if args.init_from:
+                source = load_checkpoint(args.init_from)
+                if source.model.config != model.config:
+                    raise UsageError(
+                        f"--init-from: {args.init_from} has model config {source.model.config}, not {model.config}"
+                    )
+                model.load_state_dict(source.model.state_dict())
+    options = RunOptions(
+        accumulate=args.accumulate,
+        compile=args.compile,
+        data_workers=args.data_workers,
+        tensorboard=args.log == "tensorboard",
+    )
     trainer = Trainer(
         model,
         schedule,
         data,
         config,
         args.out,
-        device=args.device,
         sample_writer=make_sample_writer(data, schedule),
         progress=not args.no_progress,
+        options=options,
+        context=context,
     )
     if args.resume:
         trainer.resume()
@@ -329,6 +290,14 @@ def run(args: argparse.Namespace) -> int:
         json.dumps({k: v for k, v in asdict(config).items() if k in ("batch_size", "max_steps", "learning_rate")}),
         trainer.device,
     )
+    logger.info(
+        "global batch %d = %d rank(s) x %d micro-batch(es) (--accumulate) of %d samples",
+        config.batch_size,
+        context.world_size,
+        args.accumulate,
+        config.batch_size // (context.world_size * args.accumulate),
+    )
     path = trainer.train()
-    print(path)
+    if context.is_main:
+        print(path)
     return 0

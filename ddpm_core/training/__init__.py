@@ -1,6 +1,6 @@
-"""Training: the loop, EMA weights and exact resume state."""
+"""Training: the loop, EMA weights, exact resume state, data-parallel ranks and metrics."""
 
 from ddpm_core.training.ema import EMA
-from ddpm_core.training.trainer import TrainConfig, Trainer
+from ddpm_core.training.trainer import RunOptions, TrainConfig, Trainer
 
-__all__ = ["EMA", "TrainConfig", "Trainer"]
+__all__ = ["EMA", "RunOptions", "TrainConfig", "Trainer"]

@@ -1,16 +1,24 @@
-"""The training loop: epsilon prediction (Ho et al. 2020, Algorithm 1) with EMA and resume.
+"""The training loop: epsilon prediction (Ho et al. 2020, Algorithm 1) with EMA and resume,
+on one process or data-parallel over the ranks torchrun starts.
 
 Loss: || eps - eps_theta(sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps, t, y) ||^2     (Ho eq. 14)
 Labels are replaced by the null label with probability ``label_dropout`` so the same model
 learns the unconditional score needed for classifier-free guidance.
+
+Every random draw of a step is a function of (seed, step) and the data's position
+(:mod:`ddpm_core.training.batches`): the global batch, its timesteps, noise and label dropout
+are drawn whole and each rank takes its share, so 1 or W ranks, with or without gradient
+accumulation, compute the same step up to float rounding, and a run resumes exactly on any
+number of ranks. Dropout inside the model is seeded per (seed, step, rank): exact on resume at
+the same scale, equal in distribution across scales.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from torch.nn.parallel import DistributedDataParallel
 
 from ddpm_core.checkpoint import save_checkpoint
 from ddpm_core.data.datasets import ImageData, TrainingData
@@ -27,7 +35,10 @@ from ddpm_core.data.fingerprint import data_fingerprint
 from ddpm_core.device import pick_device
 from ddpm_core.errors import CheckpointError, DatasetError
 from ddpm_core.schedule import NoiseSchedule
+from ddpm_core.training.batches import DROPOUT, NOISE, Shard, ShardedBatches, make_loader, mix_seed
+from ddpm_core.training.distributed import DistContext, check_batch_split, collective_errors
 from ddpm_core.training.ema import EMA
+from ddpm_core.training.metrics import TrainingMetrics, truncate_log
 from ddpm_core.training.state import load_training_state, save_training_state
 
 logger = logging.getLogger(__name__)
@@ -68,6 +79,24 @@ class TrainConfig:
             raise ValueError("learning_rate must be > 0, warmup_steps and grad_clip >= 0")
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run executes, not what it learns: free to change when a run is resumed.
+
+    Attributes:
+        accumulate: micro-batches per optimiser step on each rank; the global batch is split
+            over ranks x accumulate, so a small GPU still reaches the global batch.
+        compile: ``torch.compile`` the model's training forward (and with it the backward).
+        data_workers: processes preparing batches ahead of the device (None: 2 on CUDA, 0 on CPU).
+        tensorboard: also log to TensorBoard (``RUN_DIR/tensorboard``; needs ``tensorboard``).
+    """
+
+    accumulate: int = 1
+    compile: bool = False
+    data_workers: int | None = None
+    tensorboard: bool = False
+
+
 SampleWriter = Callable[[nn.Module, int, Path], None]
 
 
@@ -93,12 +122,17 @@ def check_model_fits_data(model: nn.Module, data: TrainingData) -> None:
 
 
 class Trainer:
-    """Trains ``model`` on ``data`` under ``schedule``, writing to ``run_dir``:
+    """Trains ``model`` on ``data`` under ``schedule``, writing to ``run_dir`` (rank 0 only):
 
     - ``model.safetensors``: EMA weights and metadata, at every checkpoint and at the end;
     - ``train_state.safetensors`` / ``train_state.json``: everything needed to resume exactly;
-    - ``log.jsonl``: one line per ``log_every`` steps (step, loss, lr, steps/s);
+    - ``log.jsonl``: one line per ``log_every`` steps (:class:`~ddpm_core.training.metrics.MetricsRecord`);
     - ``samples/step_NNNNNNN.png`` from ``sample_writer`` every ``sample_every`` steps.
+
+    ``config.batch_size`` is the global batch. With ``context`` of W ranks (see
+    :func:`~ddpm_core.training.distributed.init_distributed`) the model is wrapped in
+    ``DistributedDataParallel`` and each rank trains on its 1/W of every batch; the weights, EMA
+    and optimiser stay identical on every rank. Without it the run is one process on ``device``.
     """
 
     def __init__(
@@ -112,8 +146,13 @@ class Trainer:
         device: str | None = None,
         sample_writer: SampleWriter | None = None,
         progress: bool = True,
+        options: RunOptions | None = None,
+        context: DistContext | None = None,
     ) -> None:
         check_model_fits_data(model, data)
+        self.options = options or RunOptions()
+        self.context = context or DistContext(device=pick_device(device))
+        check_batch_split(config.batch_size, self.context.world_size, self.options.accumulate)
         self.config = config
         self.schedule = schedule
         self.data = data
@@ -123,20 +162,28 @@ class Trainer:
             data_fingerprint(data.images, data.labels, data.class_names) if isinstance(data, ImageData) else None
         )
         self.run_dir = Path(run_dir)
-        self.device = pick_device(device)
+        self.device = self.context.device
         self.on_cuda = self.device.type == "cuda"
+        # channels-last speeds up the convolutions of cuDNN (tensor cores) and of oneDNN on the CPU:
+        # benchmarks/bench_train.py measured the U-Net's step 3-12% faster with it on a 2-core CPU
+        self.channels_last = isinstance(data, ImageData)
         self.sample_writer = sample_writer
         self.progress = progress
         self.model = model.to(self.device)
-        if self.on_cuda and isinstance(data, ImageData):
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.ddp: DistributedDataParallel | None = None
+        if self.context.enabled:  # broadcasts rank 0's weights: every rank starts from the same ones
+            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.on_cuda else None)
+        forward = self.ddp or self.model
+        self.forward = torch.compile(forward) if self.options.compile else forward
         self.ema = EMA(self.model, config.ema_decay)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
         self.step = 0
-        self.data_generator = torch.Generator().manual_seed(config.seed)
-        self.noise_generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        self.samples_seen = 0  # the data's position: samples drawn since the run began, over all ranks
+        self.noise_generator = torch.Generator(device=self.device)
         self.null_label = int(getattr(self.model, "num_classes", 0))
         self.elapsed_seconds = 0.0
 
@@ -151,88 +198,108 @@ class Trainer:
             return config.learning_rate * (0.1 + 0.45 * (1.0 + math.cos(math.pi * progress)))
         return config.learning_rate
 
-    def loss(self, clean: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The training loss on a batch (B, ...) with labels (B,); a scalar tensor."""
-        batch = clean.shape[0]
-        timesteps = torch.randint(
-            0, self.schedule.num_train_timesteps, (batch,), device=self.device, generator=self.noise_generator
-        )
-        noise = torch.randn(clean.shape, device=self.device, generator=self.noise_generator)
+    def draw_noise(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's share of the step's timesteps (b,), noise (b, ...) and label-dropout mask (b,),
+        drawn for the whole global batch from (seed, step) so the share does not depend on the ranks."""
+        generator = self.noise_generator.manual_seed(mix_seed(self.config.seed, NOISE, self.step))
+        batch, device = self.config.batch_size, self.device
+        timesteps = torch.randint(0, self.schedule.num_train_timesteps, (batch,), device=device, generator=generator)
+        noise = torch.randn((batch, *self.data.sample_shape), device=device, generator=generator)
+        drop = torch.rand(batch, device=device, generator=generator) < self.config.label_dropout
+        part = self.context.shard(batch)
+        return timesteps[part], noise[part], drop[part]
+
+    def loss(
+        self,
+        clean: torch.Tensor,
+        labels: torch.Tensor,
+        timesteps: torch.Tensor,
+        noise: torch.Tensor,
+        drop: torch.Tensor,
+    ) -> torch.Tensor:
+        """The mean loss over a batch: clean samples (B, ...), labels (B,), timesteps (B,), noise of
+        the samples' shape and the label-dropout mask (B,) bool; a scalar tensor."""
         noisy = self.schedule.add_noise(clean, noise, timesteps)
-        class_labels = None
-        if self.null_label:
-            drop = torch.rand(batch, device=self.device, generator=self.noise_generator) < self.config.label_dropout
-            class_labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
+        class_labels = torch.where(drop, torch.full_like(labels, self.null_label), labels) if self.null_label else None
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.on_cuda):
-            prediction = self.model(noisy, timesteps, class_labels)
+            prediction = self.forward(noisy, timesteps, class_labels)
         loss_fn = F.mse_loss if self.config.loss == "mse" else F.l1_loss
         return loss_fn(prediction.float(), noise)
 
-    def train_step(self) -> torch.Tensor:
-        """One optimiser step on a fresh batch; returns the loss (a scalar tensor, not synced to the host)."""
-        clean, labels = self.data.sample_batch(self.config.batch_size, self.data_generator)
-        clean = clean.to(self.device, non_blocking=True)
-        if self.on_cuda and clean.ndim == 4:
+    def train_step(self, shard: Shard) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on this rank's ``shard`` of the global batch, in ``accumulate`` micro-batches.
+
+        Returns the loss and the gradient norm before clipping (scalar tensors, not synced to the host).
+        """
+        torch.manual_seed(mix_seed(self.config.seed, DROPOUT, self.step, self.context.rank))
+        clean = shard.clean.to(self.device, non_blocking=True)
+        if self.channels_last and clean.ndim == 4:
             clean = clean.contiguous(memory_format=torch.channels_last)
-        labels = labels.to(self.device, non_blocking=True)
+        labels = shard.labels.to(self.device, non_blocking=True)
+        timesteps, noise, drop = self.draw_noise()
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
-        loss = self.loss(clean, labels)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        accumulate = self.options.accumulate
+        size = len(clean) // accumulate
+        total = torch.zeros((), device=self.device)
+        for index in range(accumulate):
+            part = slice(index * size, (index + 1) * size)
+            last = index == accumulate - 1
+            # gradients are averaged over the ranks once per step, after the last micro-batch
+            syncing = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+            with syncing:
+                loss = self.loss(clean[part], labels[part], timesteps[part], noise[part], drop[part]) / accumulate
+                loss.backward()
+            total += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or math.inf)
         self.optimizer.step()
         self.ema.update(self.model)
         self.step += 1
-        return loss.detach()
+        self.samples_seen += self.config.batch_size
+        return total, grad_norm.detach()
 
     # ----------------------------------------------------------------- the loop
     def train(self) -> Path:
-        """Train until ``max_steps``; returns the path of the final checkpoint."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "train_config.json").write_text(json.dumps(asdict(self.config), indent=1))
+        """Train until ``max_steps``; returns the path of the final checkpoint (written by rank 0)."""
+        config, context = self.config, self.context
+        if context.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=1))
         self.model.train()
-        config = self.config
-        bar = tqdm(
-            total=config.max_steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True
+        batches = ShardedBatches(
+            self.data,
+            global_batch=config.batch_size,
+            seed=config.seed,
+            start_position=self.samples_seen,
+            steps=config.max_steps - self.step,
+            rank=context.rank,
+            world_size=context.world_size,
         )
-        loss_sum = torch.zeros((), device=self.device)
-        count = 0
-        window_start, window_step = time.perf_counter(), self.step
-        try:
-            with (self.run_dir / "log.jsonl").open("a") as log:
-                while self.step < config.max_steps:
-                    loss_sum += self.train_step()
-                    count += 1
-                    bar.update(1)
-                    if self.step % config.log_every == 0 or self.step == config.max_steps:
-                        now = time.perf_counter()
-                        mean_loss = (loss_sum / count).item()  # one host sync per log line
-                        if not math.isfinite(mean_loss):
-                            raise FloatingPointError(f"loss became {mean_loss} at step {self.step}")
-                        steps_per_second = (self.step - window_step) / max(now - window_start, 1e-9)
-                        self.elapsed_seconds += now - window_start
-                        record = {
-                            "step": self.step,
-                            "loss": round(mean_loss, 6),
-                            "lr": self.learning_rate(self.step - 1),
-                            "steps_per_s": round(steps_per_second, 3),
-                            "elapsed_s": round(self.elapsed_seconds, 1),
-                        }
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
-                        bar.set_postfix(loss=f"{mean_loss:.4f}", it_s=f"{steps_per_second:.2f}")
-                        loss_sum.zero_()
-                        count = 0
-                        window_start, window_step = time.perf_counter(), self.step
-                    if config.sample_every and self.sample_writer and self.step % config.sample_every == 0:
-                        self.sample_writer(self.ema.shadow, self.step, self.run_dir / "samples")
-                    if self.step % config.checkpoint_every == 0 and self.step < config.max_steps:
-                        self.save()
-        finally:
-            bar.close()
-        return self.save()
+        metrics = TrainingMetrics(
+            self.run_dir,
+            context,
+            start_step=self.step,
+            max_steps=config.max_steps,
+            global_batch=config.batch_size,
+            elapsed_s=self.elapsed_seconds,
+            progress=self.progress,
+            tensorboard=self.options.tensorboard,
+        )
+        with collective_errors(context), metrics:
+            for shard in make_loader(batches, self.device, self.options.data_workers):
+                metrics.add(*self.train_step(shard))
+                if self.step % config.log_every == 0 or self.step == config.max_steps:
+                    metrics.record(self.step, self.learning_rate(self.step - 1))
+                    self.elapsed_seconds = metrics.elapsed_s
+                sampling = config.sample_every and self.step % config.sample_every == 0
+                if sampling and self.sample_writer and context.is_main:
+                    self.sample_writer(self.ema.shadow, self.step, self.run_dir / "samples")
+                if self.step % config.checkpoint_every == 0 and self.step < config.max_steps:
+                    self.save()
+            path = self.save()
+            context.barrier()  # no rank reports success before the final checkpoint exists
+        return path
 
     # ----------------------------------------------------------------- persistence
     def metadata(self) -> dict[str, Any]:
@@ -242,15 +309,19 @@ class Trainer:
             "batch_size": self.config.batch_size,
             "train_config": asdict(self.config),
             "device": str(self.device),
+            "world_size": self.context.world_size,
             "train_seconds": round(self.elapsed_seconds, 1),
             "torch": torch.__version__,
             **({"data_fingerprint": self.data_fingerprint} if self.data_fingerprint else {}),
         }
 
     def save(self) -> Path:
-        """Write the EMA checkpoint and the exact resume state."""
-        path = save_checkpoint(
-            self.run_dir / "model.safetensors",
+        """Write the EMA checkpoint and the exact resume state (rank 0; the path on every rank)."""
+        path = self.run_dir / "model.safetensors"
+        if not self.context.is_main:
+            return path
+        save_checkpoint(
+            path,
             self.ema.shadow,
             self.schedule,
             class_names=self.data.class_names,
@@ -258,43 +329,31 @@ class Trainer:
             dataset=self.data.name,
             training=self.metadata(),
         )
-        rng = {
-            "cpu": torch.get_rng_state(),
-            "data": self.data_generator.get_state(),
-            "noise": self.noise_generator.get_state(),
-        }
-        extra: dict[str, Any] = {}
-        if isinstance(self.data, ImageData):
-            rng["data_order"] = self.data._order
-            extra["data_position"] = self.data._position
         save_training_state(
             self.run_dir,
-            tensors={"model": self.model.state_dict(), "ema": self.ema.shadow.state_dict(), "rng": rng},
+            tensors={"model": self.model.state_dict(), "ema": self.ema.shadow.state_dict()},
             optimizer=self.optimizer,
             info={
                 "step": self.step,
+                "samples_seen": self.samples_seen,
                 "ema_updates": self.ema.num_updates,
                 "elapsed_seconds": self.elapsed_seconds,
+                "world_size": self.context.world_size,
                 "train_config": asdict(self.config),
-                **extra,
             },
         )
         logger.info("saved step %d to %s", self.step, path)
         return path
 
-    def _truncate_log(self) -> None:
-        """Drop log lines written after the state being resumed, so each step is logged once."""
-        log_path = self.run_dir / "log.jsonl"
-        if not log_path.is_file():
-            return
-        kept = [
-            line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.step
-        ]
-        log_path.write_text("".join(line + "\n" for line in kept))
-
     def resume(self) -> None:
-        """Restore the state written by :meth:`save` (model, EMA, optimiser, step, RNG, data order)."""
-        tensors, optimizer_state, info = load_training_state(self.run_dir)
+        """Restore the state written by :meth:`save` (model, EMA, optimiser, step, data position).
+
+        Rank 0 reads the run directory and hands the state to the other ranks, so they need no
+        copy of it (machines without a shared file system); the state may come from a run on
+        any number of ranks.
+        """
+        with collective_errors(self.context):
+            tensors, optimizer_state, info = self.context.from_main(lambda: load_training_state(self.run_dir))
         try:
             self.model.load_state_dict(tensors["model"])
             self.ema.shadow.load_state_dict(tensors["ema"])
@@ -303,15 +362,14 @@ class Trainer:
             raise CheckpointError(
                 f"training state in {self.run_dir} does not match this model: {str(error).splitlines()[0]}"
             ) from None
-        rng = tensors["rng"]
-        torch.set_rng_state(rng["cpu"])
-        self.data_generator.set_state(rng["data"])
-        self.noise_generator.set_state(rng["noise"].to(self.noise_generator.get_state().device))
-        if isinstance(self.data, ImageData) and "data_order" in rng:
-            self.data._order = rng["data_order"]
-            self.data._position = int(info.get("data_position", 0))
         self.step = int(info["step"])
+        if "samples_seen" in info:
+            self.samples_seen = int(info["samples_seen"])
+        else:  # a state written before the data position was kept: same count, a new order
+            self.samples_seen = self.step * int(info["train_config"]["batch_size"])
+            logger.warning("the state in %s predates position-seeded batches: the data order restarts", self.run_dir)
         self.ema.num_updates = int(info["ema_updates"])
         self.elapsed_seconds = float(info.get("elapsed_seconds", 0.0))
-        self._truncate_log()
-        logger.info("resumed %s at step %d", self.run_dir, self.step)
+        if self.context.is_main:
+            truncate_log(self.run_dir, self.step)
+        logger.info("resumed %s at step %d (%d samples seen)", self.run_dir, self.step, self.samples_seen)

@@ -116,16 +116,19 @@ def test_tiny_unet_fits_a_few_digits(tmp_path):
     trainer.train()
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert losses[-1] < 0.5 * losses[0]
+    # 8 samples per class, their distances averaged: one sample per class made the ratios below
+    # swing between 0.4 and 0.8 with the training's random draws alone
     samples = generate(
         trainer.ema.shadow.eval(),
         make_sampler("ddim", trainer.schedule, 25),
         sample_shape=(1, 28, 28),
-        class_labels=[0, 1, 7],
+        class_labels=[digit for digit in (0, 1, 7) for _ in range(8)],
         guidance_scale=2.0,
         seed=0,
     )
     targets = data.images[:3].float() / 127.5 - 1  # digits 0, 1, 7 in order
-    distances = torch.cdist(samples.flatten(1), targets.flatten(1)).numpy()  # (3 samples, 3 targets)
+    distances = torch.cdist(samples.flatten(1), targets.flatten(1)).numpy()  # (24 samples, 3 targets)
+    distances = distances.reshape(3, 8, 3).mean(axis=1)  # (3 classes, 3 targets)
     assert distances.argmin(axis=1).tolist() == [0, 1, 2], distances
     off_diagonal = distances[~np.eye(3, dtype=bool)].mean()
     assert np.diag(distances).mean() < 0.7 * off_diagonal, distances
