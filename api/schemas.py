@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
 
 from contract.checkable import CheckPlan
-from contract.layout import DigitCheck, JobRecord, JobStatus
+from contract.layout import DigitCheck, JobRecord, JobStatus, JobTimings
 from contract.metrics import Refusal
 from contract.registry import ModelInfo
 from contract.samples import SampleKind, sample_kind
@@ -189,6 +189,9 @@ class JobView(BaseModel):
     attempts: int
     cancel_requested: bool
     error: str | None
+    timings: JobTimings | None = Field(
+        None, description="where a succeeded job's time went on its worker (seconds); null until then"
+    )
     check: DigitCheck | None = Field(  # its models live in the contract: the worker writes it
         None,
         description="the per-digit check of the final samples by the evaluation classifier (in the PNG's "
@@ -217,6 +220,7 @@ class JobView(BaseModel):
             cancel_requested=record.cancel_requested,
             error=record.error,
             check=record.check,
+            timings=record.timings,
             links=JobLinks.of(record.id),
             webhook=webhook,
         )

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from contract.spec import JobSpec
 
 CHECK_FIELD = "check"
+TIMINGS_FIELD = "timings"  # the worker's phases of a succeeded job (JobTimings as JSON)
 STEP_SECONDS_FIELD = "step_seconds"  # of a worker-stats hash: {weights_sha256: seconds per tick} as JSON
 WEBHOOK_FIELD = "webhook_url"  # read by the transition scripts: a job that ends with it gets a delivery
 
@@ -197,6 +198,18 @@ class DigitCheck(BaseModel):
         return data
 
 
+class JobTimings(BaseModel):
+    """Where a succeeded job's time went on its worker, in seconds (from its claim to its
+    results; storing them and the queue before are not in it)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    load_s: float = Field(description="finding the model's engine (loading the model the first time)")
+    generate_s: float = Field(description="the engine's steps of the first draw, shared with the jobs beside it")
+    check_s: float = Field(description="the check of the samples, redraws included")
+    encode_s: float = Field(description="the PNG, the GIF and each sample's own PNG")
+
+
 @dataclass(frozen=True)
 class JobRecord:
     """A job as stored: the typed view of its hash."""
@@ -217,6 +230,7 @@ class JobRecord:
     seconds: float | None = None
     check: DigitCheck | None = None
     webhook_url: str | None = None
+    timings: JobTimings | None = None
 
     @classmethod
     def from_hash(cls, job_id: str, fields: dict[str, str]) -> JobRecord:
@@ -238,6 +252,7 @@ class JobRecord:
             seconds=_float(fields.get("seconds")),
             check=_check(fields.get(CHECK_FIELD)),
             webhook_url=fields.get(WEBHOOK_FIELD) or None,
+            timings=_parsed(JobTimings, fields.get(TIMINGS_FIELD)),
         )
 
 
@@ -267,11 +282,15 @@ def _float(value: str | None) -> float | None:
 
 
 def _check(value: str | None) -> DigitCheck | None:
+    return _parsed(DigitCheck, value)
+
+
+def _parsed(model: type[BaseModel], value: str | None) -> Any:
     if not value:
         return None
     try:
-        return DigitCheck.model_validate_json(value)
-    except ValidationError:  # an unreadable check never hides the job
+        return model.model_validate_json(value)
+    except ValidationError:  # an unreadable field never hides the job
         return None
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from ddpm_core.aot import EXIT_WEIGHTS_CHANGED, load_package, package_name
 from ddpm_core.checkpoint import LoadedCheckpoint
 from ddpm_core.compiled import BucketedForward
+from ddpm_core.device import keep_torch_to_this_thread
 from worker.engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class BucketCompiler(threading.Thread):
     # ------------------------------------------------------------------ compiler thread
 
     def run(self) -> None:
+        keep_torch_to_this_thread()  # loading packages here must not make a second OpenMP team
         while not self._stopped.is_set():
             with self._lock:
                 self._targets = [target for target in self._targets if not target.engine.closed]

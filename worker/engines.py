@@ -70,10 +70,17 @@ class EnginePool:
         compiler: compiles new engines' buckets in the background (None: eager only).
     """
 
-    def __init__(self, models: ModelCache, settings: Settings, compiler: BucketCompiler | None = None) -> None:
+    def __init__(
+        self,
+        models: ModelCache,
+        settings: Settings,
+        compiler: BucketCompiler | None = None,
+        torch_threads: int | None = None,
+    ) -> None:
         self.models = models
         self.settings = settings
         self.compiler = compiler
+        self.torch_threads = torch_threads  # each device thread's CPU threads (None: torch's count)
         self._engines: dict[str, Future[tuple[LoadedCheckpoint, Engine]]] = {}
         self._failures: dict[str, _Failure] = {}
         self._last_used: dict[str, float] = {}
@@ -168,7 +175,11 @@ class EnginePool:
     def _device_thread(self, device: torch.device) -> DeviceThread:
         """The one thread that drives every engine on ``device``."""
         with self._lock:
-            return self._device_threads.setdefault(str(device), DeviceThread(f"ddpm-device-{device}"))
+            thread = self._device_threads.get(str(device))
+            if thread is None:
+                thread = DeviceThread(f"ddpm-device-{device}", self.torch_threads)
+                self._device_threads[str(device)] = thread
+            return thread
 
     def _take_idle(self) -> list[tuple[str, Engine]]:
         """Past ``max_loaded_models``, the least recently used engines that hold no job and were

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contract.layout import DigitCheck
+from contract.layout import DigitCheck, JobTimings
 from contract.settings import Settings
 from contract.spec import JobSpec
 from ddpm_core.errors import GenerationCancelled
@@ -108,20 +108,27 @@ def run_job(
     Raises nothing for job errors: they end the job ``failed`` with their message."""
     started = time.perf_counter()
     check: DigitCheck | None = None
+    marks = [started]  # the ends of the phases of JobTimings
     try:
         loaded, engine = engines.for_spec(spec)
         found = None if checker is None else checker.for_model(loaded)
+        marks.append(time.perf_counter())
         channel = JobChannel(spec.steps, tuple(loaded.sample_shape) == (2,), settings)
         request = EngineRequest.from_spec(spec, time_limit_s=settings.max_job_s)
         reporter = JobReporter(job_id, channel, settings)
         plan = channel.plan(found.readings if isinstance(found, Classifier) else None)
         result = await_job(engine, request, plan, watch, job_id, reporter)
+        marks.append(time.perf_counter())
         samples = result.samples  # host arrays: (n, H, W, C) uint8 images or (n, 2) float32 points
         if found is not None:
             deadline = started + settings.max_job_s
             samples, check = check_result(found, engine, spec, result, store, job_id, watch, deadline)
+        marks.append(time.perf_counter())
         png, gif = result_png(samples, channel.is_points), gif_bytes(channel.recorder.frames)
         images = None if channel.is_points else [png_bytes(image) for image in samples]  # one PNG per sample
+        marks.append(time.perf_counter())
+        load, generate, checking, encode = (round(b - a, 4) for a, b in zip(marks, marks[1:], strict=False))
+        timings = JobTimings(load_s=load, generate_s=generate, check_s=checking, encode_s=encode)
     except GenerationCancelled as cancelled:
         done_steps = cancelled.step
         _patiently(lambda: store.cancelled(job_id, done_steps), job_id)
@@ -133,7 +140,7 @@ def run_job(
         _patiently(lambda: store.fail(job_id, message), job_id)
         return "failed"
     seconds = time.perf_counter() - started
-    _patiently(lambda: store.succeed(job_id, png, gif, seconds, check, images), job_id)
+    _patiently(lambda: store.succeed(job_id, png, gif, seconds, check, images, timings), job_id)
     logger.info("job %s succeeded in %.2f s (%s, %d steps, n=%d)", job_id, seconds, spec.sampler, spec.steps, spec.n)
     return "succeeded"
 

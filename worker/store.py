@@ -15,7 +15,17 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from contract.broker import waiting_task_ids
-from contract.layout import CHECK_FIELD, DigitCheck, JobRecord, JobStatus, Keys, event_data, new_job_fields
+from contract.layout import (
+    CHECK_FIELD,
+    TIMINGS_FIELD,
+    DigitCheck,
+    JobRecord,
+    JobStatus,
+    JobTimings,
+    Keys,
+    event_data,
+    new_job_fields,
+)
 from contract.metrics import MODEL_LOAD_BUCKETS, MetricKeys, observation
 from contract.settings import Settings
 from contract.spec import JobSpec
@@ -150,6 +160,7 @@ class JobStore:
         seconds: float,
         check: DigitCheck | None = None,
         images: list[bytes] | None = None,
+        timings: JobTimings | None = None,
     ) -> bool:
         """Store the results (the grid, the GIF and, for an image model, each sample's own PNG),
         then mark the job succeeded with its per-digit check, in one step (results exist before
@@ -165,6 +176,8 @@ class JobStore:
         fields = {"seconds": repr(seconds)}
         if check is not None:
             fields[CHECK_FIELD] = check.model_dump_json()
+        if timings is not None:
+            fields[TIMINGS_FIELD] = timings.model_dump_json()
         return self._finish(job_id, JobStatus.SUCCEEDED, {"seconds": round(seconds, 3)}, **fields)
 
     def fail(self, job_id: str, error: str) -> bool:

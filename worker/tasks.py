@@ -61,7 +61,7 @@ def _process_state() -> tuple[JobStore, Any]:
                 store=store,
                 # one thread publishes every job's progress and reads every job's cancel flag
                 watch=JobWatch(store, min(0.1, max(settings.progress_interval_s, 0.02))),
-                engines=EnginePool(models, settings, compiler),
+                engines=EnginePool(models, settings, compiler, _state.get("torch_threads")),
                 # the per-digit check's classifier: loaded once, by the first job it can check
                 checker=DigitChecker(settings.classifier_path, device),
             )
@@ -72,10 +72,12 @@ def _process_state() -> tuple[JobStore, Any]:
 def generate_task(self, job_id: str, spec: dict[str, Any]) -> str:
     """Claim the job (skipping cancelled, finished or live-elsewhere jobs), run it, store results.
     Job errors end the job ``failed``; they are never re-raised."""
+    from ddpm_core.device import keep_torch_to_this_thread
     from worker.runner import run_job
 
     settings = get_settings()
     job_spec = JobSpec.model_validate(spec)
+    keep_torch_to_this_thread()  # a first job loads its model here: no OpenMP team of this thread's
     store, engines = _process_state()
     record = store.ensure(job_id, job_spec)
     if record.status.terminal:
@@ -174,11 +176,14 @@ def _on_worker_init(**_: Any) -> None:
     except ValueError as error:  # e.g. DDPM_DEVICE=cuda without a GPU: never a silent CPU fallback
         logger.critical("the worker cannot start: DDPM_DEVICE=%s: %s", settings.device, error)
         _exit_now_with(3)
-    threads = settings.torch_threads
-    if threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(threads)
+    from ddpm_core.device import keep_torch_to_this_thread
+
+    # one OpenMP team in the process, the device thread's: it gets the CPU threads, every other
+    # thread that touches torch runs its operations alone (see keep_torch_to_this_thread)
+    _state["torch_threads"] = settings.torch_threads or torch.get_num_threads()
+    keep_torch_to_this_thread()
 
 
 @signals.worker_ready.connect

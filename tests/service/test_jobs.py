@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -70,6 +71,10 @@ def test_every_sampler_runs_through_the_stack_and_models_say_how_long_a_step_tak
         record = wait_job(client, job["id"])
         assert record["status"] == "succeeded", record
         assert record["params"]["sampler"] == name and record["progress"]["step"] == expected_steps[name]
+        timings = record["timings"]  # where the worker's time went, within its run
+        assert timings["generate_s"] > 0 and timings["encode_s"] > 0 and timings["load_s"] >= 0
+        run_s = datetime.fromisoformat(record["finished_at"]) - datetime.fromisoformat(record["started_at"])
+        assert sum(timings.values()) <= run_s.total_seconds() + 0.002
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         mnist = next(model for model in client.get("/models").json()["models"] if model["name"] == "mnist")

@@ -43,10 +43,15 @@ class DeviceThread:
 
     Args:
         name: the thread's name, for logs (e.g. ``ddpm-device-cuda:0``).
+        torch_threads: the CPU threads torch uses on this thread (the intra-op OpenMP team), set
+            when it starts; None: torch's count as it stands. A worker gives them here and keeps
+            every other thread at one (:func:`ddpm_core.device.keep_torch_to_this_thread`), so
+            the process has one OpenMP team.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, torch_threads: int | None = None) -> None:
         self.name = name
+        self.torch_threads = torch_threads
         self._wakeup = threading.Condition()
         self._engines: list[EngineTurns] = []
         self._thread: threading.Thread | None = None
@@ -77,6 +82,8 @@ class DeviceThread:
             return len(self._engines)
 
     def _run(self) -> None:
+        if self.torch_threads is not None:
+            torch.set_num_threads(self.torch_threads)
         with torch.inference_mode():
             while True:
                 with self._wakeup:
