@@ -95,7 +95,7 @@ def bare_generate(loaded, params: dict) -> float:
     from ddpm_core.pipeline import generate
     from ddpm_core.samplers import make_sampler
 
-    sampler = make_sampler(params["sampler"], loaded.schedule, params["steps"] if params["sampler"] == "ddim" else None)
+    sampler = make_sampler(params["sampler"], loaded.schedule, params["steps"])  # the exact steps the spec ran
     labels = [params["digit"]] * params["n"] if params["digit"] is not None else None
     started = time.perf_counter()
     generate(
