@@ -69,8 +69,6 @@ def test_only_the_device_thread_has_an_openmp_team(case: str, teams_added: int) 
     """With 2 CPU threads a team is one native thread besides its master: the device thread's
     adds 1; job threads that do not keep torch to themselves add one each (the unfixed case,
     which the worker was before)."""
-    run = subprocess.run(
-        [sys.executable, "-c", SCRIPT, case], capture_output=True, text=True, timeout=120, check=False
-    )
+    run = subprocess.run([sys.executable, "-c", SCRIPT, case], capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stderr
     assert int(run.stdout.strip().splitlines()[-1]) == teams_added, run.stdout
