@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_load import percentile, wait_ready  # noqa: E402
+from bench_load import percentile, stack_env, wait_ready  # noqa: E402
 
 from serve.command import api_command, stop_process, worker_command  # noqa: E402
 from serve.redis_server import EmbeddedRedis, free_port  # noqa: E402
@@ -201,18 +200,14 @@ def main() -> int:
     logs = Path(tempfile.mkdtemp(prefix="bench-fast-"))
     cache = args.compile_cache or logs / "compile"
     with EmbeddedRedis() as server:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("DDPM_")}
-        env.update(
-            REDIS_URL=server.url,
-            DDPM_CHECKPOINT=str(args.checkpoint.resolve()),
-            DDPM_DEFAULT_MODEL=args.checkpoint.stem,
-            DDPM_MODEL_DIR=str(logs),  # only the checkpoint above
-            DDPM_KEY_PREFIX=PREFIX,
-            DDPM_QUEUE_NAME=PREFIX,
-            DDPM_TORCH_THREADS=str(args.threads),
+        env = stack_env(
+            server.url,
+            args.checkpoint,
+            logs,
+            PREFIX,
+            args.threads,
             DDPM_COMPILE_CACHE_DIR=str(cache),
             DDPM_HEARTBEAT_S=str(HEARTBEAT_S),
-            DDPM_MAX_QUEUE="256",
         )
         port = free_port()
         base = f"http://127.0.0.1:{port}"

@@ -152,6 +152,24 @@ def wait_ready(base: str, worker: subprocess.Popen, timeout: float = 900) -> Non
     raise RuntimeError("the worker did not become ready")
 
 
+def stack_env(redis_url: str, checkpoint: Path, model_dir: Path, prefix: str, threads: int, **extra: str) -> dict:
+    """The environment of a benchmark's API and worker: this process's, without its DDPM_
+    settings, serving ``checkpoint`` alone under ``prefix`` (also the queue's name)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DDPM_")}
+    env.update(
+        REDIS_URL=redis_url,
+        DDPM_CHECKPOINT=str(checkpoint.resolve()),
+        DDPM_DEFAULT_MODEL=checkpoint.stem,
+        DDPM_MODEL_DIR=str(model_dir),  # only the checkpoint above
+        DDPM_KEY_PREFIX=prefix,
+        DDPM_QUEUE_NAME=prefix,
+        DDPM_TORCH_THREADS=str(threads),
+        DDPM_MAX_QUEUE="256",
+        **extra,
+    )
+    return env
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -179,18 +197,7 @@ def main() -> int:
     logs = Path(tempfile.mkdtemp(prefix="bench-load-"))
     results: list[Result] = []
     with EmbeddedRedis() as server:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("DDPM_")}
-        env.update(
-            REDIS_URL=server.url,
-            DDPM_CHECKPOINT=str(args.checkpoint.resolve()),
-            DDPM_DEFAULT_MODEL=args.checkpoint.stem,
-            DDPM_MODEL_DIR=str(logs),  # only the checkpoint above
-            DDPM_KEY_PREFIX=PREFIX,
-            DDPM_QUEUE_NAME=PREFIX,
-            DDPM_TORCH_THREADS=str(args.threads),
-            DDPM_MAX_QUEUE="256",
-            OMP_NUM_THREADS=str(args.threads),
-        )
+        env = stack_env(server.url, args.checkpoint, logs, PREFIX, args.threads, OMP_NUM_THREADS=str(args.threads))
         port = free_port()
         api = subprocess.Popen(
             api_command("127.0.0.1", port), env=env, stdout=(logs / "api.log").open("wb"), stderr=subprocess.STDOUT

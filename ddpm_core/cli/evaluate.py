@@ -154,12 +154,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    if args.per_class < 1:
-        raise UsageError("--per-class must be at least 1")
+    """Refuse bad options before anything is loaded (EvalSettings checks its own fields)."""
+    EvalSettings(args.per_class, args.sampler, args.steps, args.guidance or 0.0, args.seed, args.batch_size)
     if args.points < 2:
         raise UsageError("--points must be at least 2")
-    if args.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
     if args.guidance_sweep and args.guidance is not None:
