@@ -268,21 +268,22 @@ class ModelView(BaseModel):
     weights_sha256: str
     n_limit: int = Field(description="most samples one job of this model may ask for")
     steps: dict[str, StepRange] = Field(description="each sampler's steps on this model (POST /generate: steps)")
-    step_seconds: float | None = Field(
+    row_seconds: float | None = Field(
         None,
-        description="seconds one step of this model takes on a live worker now (its recent engine ticks, "
-        "shared by every job in flight); a job takes about steps times this. Null until a worker has run it",
+        description="seconds a forward row of this model takes on a live worker now (its recent engine "
+        "ticks); a job takes about steps x rows x this, its rows being n, twice n with guidance towards a "
+        "class. Null until a worker has run it",
     )
     check: CheckPlan = Field(description="whether each job's samples are checked, and by what or why not")
 
     @classmethod
-    def of(cls, info: ModelInfo, limits: Limits, check: CheckPlan, step_seconds: float | None = None) -> ModelView:
+    def of(cls, info: ModelInfo, limits: Limits, check: CheckPlan, row_seconds: float | None = None) -> ModelView:
         return cls(
             **info.model_dump(),
             kind=sample_kind(info.sample_shape),
             n_limit=limits.n_limit(info.sample_shape),
             steps={spec.name: StepRange.of(spec, info.num_train_timesteps, limits) for spec in SAMPLER_SPECS},
-            step_seconds=step_seconds,
+            row_seconds=row_seconds,
             check=check,
         )
 

@@ -19,8 +19,8 @@ Shared: ``{p}:queue`` (sorted set of queued ids by submission time, for queue po
 the queue cap), ``{p}:running`` (set of running ids, for recovering jobs of dead workers) and
 ``{p}:workers`` (sorted set of worker names by last heartbeat, for ``/readyz``); per worker,
 ``{p}:worker-stats:{name}`` (hash of its engine's counters, while it reports; its field
-``step_seconds`` holds each model's recent seconds per engine tick, by weights, for
-``GET /models``).
+``row_seconds`` holds each model's recent seconds per forward row of its engine's ticks, by
+weights, for ``GET /models``).
 
 Every status change goes through one of the scripts in :mod:`contract.transitions`.
 """
@@ -39,7 +39,7 @@ from contract.spec import JobSpec
 
 CHECK_FIELD = "check"
 TIMINGS_FIELD = "timings"  # the worker's phases of a succeeded job (JobTimings as JSON)
-STEP_SECONDS_FIELD = "step_seconds"  # of a worker-stats hash: {weights_sha256: seconds per tick} as JSON
+ROW_SECONDS_FIELD = "row_seconds"  # of a worker-stats hash: {weights_sha256: seconds per forward row} as JSON
 WEBHOOK_FIELD = "webhook_url"  # read by the transition scripts: a job that ends with it gets a delivery
 
 
@@ -294,13 +294,13 @@ def _parsed(model: type[BaseModel], value: str | None) -> Any:
         return None
 
 
-def encode_step_seconds(seconds: dict[str, float]) -> str:
-    """A worker's recent seconds per tick by model weights, for its stats hash."""
+def encode_row_seconds(seconds: dict[str, float]) -> str:
+    """A worker's recent seconds per forward row by model weights, for its stats hash."""
     return json.dumps({key: round(value, 6) for key, value in seconds.items()}, sort_keys=True)
 
 
-def decode_step_seconds(text: str | None) -> dict[str, float]:
-    """:func:`encode_step_seconds`' value back (empty for a missing or garbled field)."""
+def decode_row_seconds(text: str | None) -> dict[str, float]:
+    """:func:`encode_row_seconds`' value back (empty for a missing or garbled field)."""
     try:
         values = json.loads(text or "{}")
     except ValueError:

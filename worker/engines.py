@@ -217,17 +217,17 @@ class EnginePool:
         for engine in engines[1:]:
             other = engine.stats()
             for field in dataclasses.fields(EngineStats):
-                if field.name not in ("max_batch", "step_seconds"):  # per engine: see step_seconds()
+                if field.name not in ("max_batch", "row_seconds"):  # per engine: see row_seconds()
                     setattr(total, field.name, getattr(total, field.name) + getattr(other, field.name))
         return total
 
-    def step_seconds(self) -> dict[str, float]:
-        """Each model's recent seconds per tick, by the SHA-256 of its weights (models that have
-        run a tick)."""
+    def row_seconds(self) -> dict[str, float]:
+        """Each model's recent seconds per forward row, by the SHA-256 of its weights (models that
+        have run a tick)."""
         with self._lock:
             futures = dict(self._engines)
         built = {key: future.result()[1] for key, future in futures.items() if future.done() and not future.exception()}
-        return {key: engine.stats().step_seconds for key, engine in built.items() if engine.stats().step_seconds}
+        return {key: engine.stats().row_seconds for key, engine in built.items() if engine.stats().row_seconds}
 
     def close(self) -> None:
         """Stop the compiler and every engine (jobs still in them end with EngineClosed)."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from celery import signals
 
-from contract.layout import STEP_SECONDS_FIELD, encode_step_seconds, worker_name
+from contract.layout import ROW_SECONDS_FIELD, encode_row_seconds, worker_name
 from contract.registry import ModelRegistry
 from contract.settings import get_settings
 from contract.spec import JobSpec
@@ -114,7 +114,7 @@ def _report() -> dict[str, str]:
         stats = engines.stats()
         if stats is not None:
             fields.update(stats_fields(stats))
-        fields[STEP_SECONDS_FIELD] = encode_step_seconds(engines.step_seconds())
+        fields[ROW_SECONDS_FIELD] = encode_row_seconds(engines.row_seconds())
         if engines.compiler is not None:
             fields["compile"] = engines.compiler.strategy
             fields["compile_errors"] = "; ".join(engines.compiler.errors())

@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from api import deps
 from api.schemas import Health, KeyRequirements, ModelList, ModelView, Readiness, WorkerReadiness
 from contract.checkable import check_plan
-from contract.layout import STEP_SECONDS_FIELD, decode_step_seconds
+from contract.layout import ROW_SECONDS_FIELD, decode_row_seconds
 from contract.registry import ModelRegistry
 from contract.settings import Settings
 
@@ -23,14 +23,14 @@ async def list_models(registry: deps.RegistryDep, settings: deps.SettingsDep, st
     """The models on offer, read from their checkpoint headers: kind, classes, sample shape, the
     most samples one job may ask for, each sampler's steps, whether results are checked and how
     long a step takes on a live worker now; the samplers and the request limits."""
-    step_seconds = await _step_seconds(store, settings)
-    models = await run_in_threadpool(_model_views, registry, settings, step_seconds)
+    row_seconds = await _row_seconds(store, settings)
+    models = await run_in_threadpool(_model_views, registry, settings, row_seconds)
     return ModelList.of(registry.default_name(), models, settings.limits)
 
 
-async def _step_seconds(store, settings: Settings) -> dict[str, float]:
-    """The fastest live worker's recent seconds per tick of each model, by weights; empty when
-    Redis does not answer (the models are listed all the same)."""
+async def _row_seconds(store, settings: Settings) -> dict[str, float]:
+    """The fastest live worker's recent seconds per forward row of each model, by weights; empty
+    when Redis does not answer (the models are listed all the same)."""
     try:
         workers = await asyncio.wait_for(store.live_workers(settings.worker_dead_after_s), timeout=1)
         reports = await asyncio.wait_for(store.worker_reports(workers), timeout=1)
@@ -38,14 +38,14 @@ async def _step_seconds(store, settings: Settings) -> dict[str, float]:
         return {}
     fastest: dict[str, float] = {}
     for report in reports.values():
-        for weights, seconds in decode_step_seconds(report.get(STEP_SECONDS_FIELD)).items():
+        for weights, seconds in decode_row_seconds(report.get(ROW_SECONDS_FIELD)).items():
             fastest[weights] = min(seconds, fastest.get(weights, seconds))
     return fastest
 
 
-def _model_views(registry: ModelRegistry, settings: Settings, step_seconds: dict[str, float]) -> list[ModelView]:
+def _model_views(registry: ModelRegistry, settings: Settings, row_seconds: dict[str, float]) -> list[ModelView]:
     return [
-        ModelView.of(info, settings.limits, check_plan(info, settings), step_seconds.get(info.weights_sha256))
+        ModelView.of(info, settings.limits, check_plan(info, settings), row_seconds.get(info.weights_sha256))
         for info in registry.list()
     ]
 

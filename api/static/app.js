@@ -169,18 +169,25 @@ function updateSampler() {
   updateExpected();
 }
 
-// what a job will cost: its steps at this model's recent seconds per step on the server
+// what a job will cost: its steps x its forward rows (n, twice n guided towards a class) at this
+// model's recent seconds per row on the server
 function updateExpected() {
   const model = modelNamed($("model").value);
   const steps = Number($("steps").value);
   if (!model || !steps) return;
   const calls = `${steps} model call${steps === 1 ? "" : "s"}`;
-  $("expected").textContent = model.step_seconds === null
-    ? `${calls}`
-    : `${calls}: about ${formatSeconds(steps * model.step_seconds)} on this server now`;
+  if (model.row_seconds === null) {
+    $("expected").textContent = calls;
+    return;
+  }
+  const guidance = $("guidance").value === "" ? model.default_guidance : Number($("guidance").value);
+  const guided = model.conditional && $("digit").value !== "" && guidance > 0;
+  const rows = Number($("n").value) * (guided ? 2 : 1);
+  $("expected").textContent = `${calls}: about ${formatSeconds(steps * rows * model.row_seconds)} on this server now`;
 }
 
 function formatSeconds(seconds) {
+  if (seconds < 1) return `${Math.max(10, Math.round(seconds * 100) * 10)} ms`;
   return seconds < 10 ? `${seconds.toFixed(1)} s` : `${Math.round(seconds)} s`;
 }
 
@@ -444,7 +451,7 @@ async function cancel() {
 $("generate-form").addEventListener("submit", submit);
 $("model").addEventListener("change", updateModel);
 $("sampler").addEventListener("change", updateSampler);
-$("steps").addEventListener("input", updateExpected);
+for (const id of ["steps", "n", "guidance", "digit"]) $(id).addEventListener("input", updateExpected);
 $("digit").addEventListener("change", updateDigit);
 $("cancel").addEventListener("click", cancel);
 for (const img of document.querySelectorAll("figure img")) img.addEventListener("load", () => fitRendering(img));

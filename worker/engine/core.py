@@ -64,7 +64,7 @@ from worker.engine.stats import EngineStats
 if TYPE_CHECKING:
     from ddpm_core.checkpoint import LoadedCheckpoint
 
-STEP_AVERAGE = 0.2  # the weight of the newest tick in EngineStats.step_seconds
+ROW_AVERAGE = 0.2  # the weight of the newest tick in EngineStats.row_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -377,8 +377,8 @@ class Engine:
             self._stats.job_steps += len(running)
             self._stats.busy_seconds += seconds
             self._stats.forward_seconds += output.forward_seconds
-            recent = self._stats.step_seconds
-            self._stats.step_seconds = seconds if not recent else (1 - STEP_AVERAGE) * recent + STEP_AVERAGE * seconds
+            per_row, recent = seconds / max(rows, 1), self._stats.row_seconds
+            self._stats.row_seconds = per_row if not recent else (1 - ROW_AVERAGE) * recent + ROW_AVERAGE * per_row
             self._stats.host_copies = self._outputs.copies
             self._stats.host_bytes = self._outputs.bytes
             self._scheduler.advance()

@@ -32,7 +32,7 @@ class EngineStats:
     buckets_total: int = 0
     host_copies: int = 0  # device-to-host copies of job outputs: at most one per tick
     host_bytes: int = 0  # bytes those copies carried
-    step_seconds: float = 0.0  # a tick's device seconds lately: a moving average (0 before the first)
+    row_seconds: float = 0.0  # a tick's seconds per forward row lately: a moving average (0 before the first)
 
     @property
     def mean_rows_per_tick(self) -> float:
