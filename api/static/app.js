@@ -106,8 +106,22 @@ async function loadAuth() {
 
 let shownKind = null;
 
+// the shown job's PNG, GIF, check and progress belong to its model: choosing another model clears
+// them (the job stays in the session's list, a click shows it again)
+function clearCurrent() {
+  if (source) source.close();
+  source = null;
+  stopQueuePoll();
+  currentJob = null;
+  $("current").hidden = true;
+  for (const id of ["preview", "result-png", "result-gif"]) $(id).removeAttribute("src");
+  $("check-table").tBodies[0].replaceChildren();
+  $("check").hidden = true;
+}
+
 function updateModel() {
   const model = modelNamed($("model").value);
+  if (currentJob && jobParams(currentJob).model !== $("model").value) clearCurrent();
   const select = $("digit");
   select.replaceChildren(new Option("any", ""));
   if (model) {
@@ -348,7 +362,8 @@ function showResults(jobId) {
   const png = withKey(`/jobs/${jobId}/png`);
   const gif = withKey(`/jobs/${jobId}/gif`);
   $("progress").value = $("progress").max;
-  if ($("progress-text").textContent.startsWith("redrawing")) $("progress-text").textContent = "done, after redrawing";
+  const redrawn = $("progress-text").textContent.startsWith("redrawing") ? ", after redrawing" : "";
+  $("progress-text").textContent = `done${redrawn}`;
   $("preview-box").hidden = true;
   $("result-png").src = png;
   $("result-gif").src = gif;
@@ -363,8 +378,20 @@ function showResults(jobId) {
   $("gif-box").hidden = false;
   fetch(`/jobs/${jobId}`, { headers: authHeaders() })
     .then((response) => (response.ok ? response.json() : null))
-    .then((job) => { if (job && currentJob === jobId) renderCheck(job.check, modelNamed(job.model)); })
+    .then((job) => {
+      if (!job || currentJob !== jobId) return;
+      const took = elapsedSeconds(job);
+      if (took !== null) $("progress-text").textContent = `done in ${formatSeconds(took)}${redrawn}`;
+      renderCheck(job.check, modelNamed(job.model));
+    })
     .catch(() => {});
+}
+
+// a finished job's time from its submission to its end (null when a timestamp is missing)
+function elapsedSeconds(job) {
+  const start = Date.parse(job.created_at ?? "");
+  const end = Date.parse(job.finished_at ?? "");
+  return Number.isNaN(start) || Number.isNaN(end) ? null : Math.max(0, (end - start) / 1000);
 }
 
 // pixel art is scaled up with hard edges, never scaled down so: a large image shrunk with

@@ -9,17 +9,19 @@ is set and is skipped otherwise. A screenshot is kept in ``test-artifacts/servic
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ddpm_core.sampler_specs import FAST_SAMPLER, SAMPLER_NAMES
 from serve.redis_server import EmbeddedRedis
 from tests.api.kinds import SPRITE_CLASSES, write_model_kinds
-from tests.service.conftest import ARTIFACTS, service_env, start_api, stop_process
+from tests.service.conftest import ARTIFACTS, own_stack, service_env, start_api, stop_process
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -67,6 +69,7 @@ def browser() -> Iterator[object]:
     options.binary_location = chromium
     for argument in [*CHROMIUM_ARGS, f"--user-data-dir={profile}"]:
         options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for console_errors()
     driver = webdriver.Chrome(service=Service(driver_path), options=options)  # no selenium-manager
     driver.set_page_load_timeout(60)
     try:
@@ -74,6 +77,11 @@ def browser() -> Iterator[object]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def console_errors(driver) -> list[str]:
+    """The browser console's errors since the last call (reading the log drains it)."""
+    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
 def test_page_generates_and_shows_the_grid_and_gif(browser, base_url: str) -> None:
@@ -91,6 +99,13 @@ def test_page_generates_and_shows_the_grid_and_gif(browser, base_url: str) -> No
     wait.until(lambda driver: driver.execute_script("return document.readyState") == "complete")
     assert not browser.find_element(By.ID, "api-key-label").is_displayed()  # no key needed here
 
+    # the page's icon loads, under its link and under the name browsers ask for by default
+    icon = browser.find_element(By.CSS_SELECTOR, "link[rel=icon]").get_attribute("href")
+    for url in (icon, base_url + "/favicon.ico"):
+        answer = httpx.get(url)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("image/svg+xml")
+    assert console_errors(browser) == []  # nothing failed to load, no script error
+
     # a bad value shows the API's message naming the field
     field = browser.find_element(By.ID, "n")
     field.clear()
@@ -98,6 +113,7 @@ def test_page_generates_and_shows_the_grid_and_gif(browser, base_url: str) -> No
     browser.find_element(By.ID, "generate").click()
     wait.until(lambda driver: driver.find_element(By.ID, "error").is_displayed())
     assert "n:" in browser.find_element(By.ID, "error").text
+    assert [message for message in console_errors(browser) if "/generate" not in message or "422" not in message] == []
 
     redraw = browser.find_element(By.ID, "redraw")
     assert not redraw.is_enabled()  # redrawing mismatches needs a digit
@@ -134,6 +150,9 @@ def test_page_generates_and_shows_the_grid_and_gif(browser, base_url: str) -> No
     assert not browser.find_element(By.ID, "error").is_displayed()
     progress = browser.execute_script("const p = document.getElementById('progress'); return [p.value, p.max];")
     assert progress == [15, 15]
+    # done: the time it took, no "s left" of the last progress event
+    wait.until(lambda driver: driver.find_element(By.ID, "progress-text").text.startswith("done in "))
+    assert re.fullmatch(r"done in \d+(\.\d)? m?s", browser.find_element(By.ID, "progress-text").text)
     width = browser.execute_script("return document.getElementById('result-png').naturalWidth;")
     assert width == (2 * 30 + 2) * 2  # 4 samples: a 2 x 2 grid, scaled by 2
     # shown larger (min-width 128 px): hard pixels; shown smaller: smoothed, never aliased
@@ -156,6 +175,7 @@ def test_page_generates_and_shows_the_grid_and_gif(browser, base_url: str) -> No
     summary = browser.find_element(By.ID, "check-summary").text
     assert summary == "Not checked: no classifier file mnist_classifier.safetensors."
     assert not browser.find_element(By.ID, "check-table").is_displayed()
+    assert console_errors(browser) == []
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +230,42 @@ def test_page_follows_the_model_and_shows_the_queue(browser, redis_server: Embed
         browser.save_screenshot(str(ARTIFACTS / "page-kinds.png"))
     finally:
         stop_process(process, "API")
+
+
+def test_page_clears_a_finished_job_when_the_model_changes(
+    browser, redis_server: EmbeddedRedis, own_model_dir: Path
+) -> None:
+    """The PNG, GIF and check of a job belong to its model: choosing another model clears them, and
+    a click on the job in the session's list shows them again."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    shutil.copyfile(own_model_dir / "mnist.safetensors", own_model_dir / "other.safetensors")
+    with own_stack(redis_server.url, own_model_dir, "ddpmpageswitch", "page-switch") as base:
+        browser.get(base + "/")
+        wait = WebDriverWait(browser, 120, poll_frequency=0.2)
+        wait.until(lambda driver: len(driver.find_elements(By.CSS_SELECTOR, "#model option")) == 2)
+        Select(browser.find_element(By.ID, "model")).select_by_value("mnist")
+        n = browser.find_element(By.ID, "n")
+        n.clear()
+        n.send_keys("1")
+        browser.find_element(By.ID, "generate").click()
+
+        def shown(element_id: str) -> bool:
+            return browser.find_element(By.ID, element_id).is_displayed()
+
+        results = ("png-box", "gif-box", "check")
+        wait.until(lambda driver: all(shown(element_id) for element_id in results))
+        assert browser.find_element(By.ID, "progress-text").text.startswith("done in ")
+
+        Select(browser.find_element(By.ID, "model")).select_by_value("other")
+        assert not shown("current") and not any(shown(element_id) for element_id in results)
+        sources = "return ['preview', 'result-png', 'result-gif'].map((id) => document.getElementById(id).src);"
+        assert browser.execute_script(sources) == ["", "", ""]
+        Select(browser.find_element(By.ID, "model")).select_by_value("mnist")  # stays cleared
+        assert not shown("current")
+
+        browser.find_element(By.CSS_SELECTOR, "#jobs li").click()  # the session's list brings it back
+        wait.until(lambda driver: all(shown(element_id) for element_id in results))
+        assert console_errors(browser) == []
