@@ -61,13 +61,14 @@ class Settings(BaseSettings):
         env_prefix="DDPM_", extra="ignore", protected_namespaces=(), populate_by_name=True
     )
 
+    # the Redis of the broker and the job store (ddpm serve: its embedded one, unless REDIS_URL is set)
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "DDPM_REDIS_URL"))
-    key_prefix: str = "ddpm"
-    queue_name: str = "ddpm"
-    model_dir: Path = REPO_ROOT / "checkpoints"
+    key_prefix: str = "ddpm"  # the prefix of every Redis key of the service (several services may share a Redis)
+    queue_name: str = "ddpm"  # the Celery queue the API sends jobs to and the workers take them from
+    model_dir: Path = REPO_ROOT / "checkpoints"  # every *.safetensors here is offered, read at every call
     checkpoint: Path | None = None  # one extra checkpoint file, served under its file stem
-    default_model: str = "mnist"
-    result_ttl_s: int = Field(24 * 3600, ge=60)
+    default_model: str = "mnist"  # the model of a request that names none
+    result_ttl_s: int = Field(24 * 3600, ge=60)  # how long a job, its events and its results are kept
     max_queue: int = Field(32, ge=1)  # queued jobs beyond this get 429
     # request limits (see Limits)
     max_n: int = Field(64, ge=1, le=4096)  # images per job, whatever their size
@@ -77,7 +78,7 @@ class Settings(BaseSettings):
     # the fewest steps of every sampler that chooses them; None: each sampler's own (ddim 10, the
     # multistep solvers 5: ddpm_core.sampler_specs)
     min_steps: int | None = Field(None, ge=1)
-    max_guidance: float = Field(10.0, ge=0, allow_inf_nan=False)
+    max_guidance: float = Field(10.0, ge=0, allow_inf_nan=False)  # largest classifier-free guidance scale
     api_keys: str = ""  # comma-separated; empty: no key needed
     protect_reads: bool = False  # with API keys: reading jobs, events and results needs a key too
     cors_origins: str = ""  # comma-separated origins allowed to call the API from a browser; none by default
@@ -103,7 +104,7 @@ class Settings(BaseSettings):
     webhook_poll_s: float = Field(1.0, gt=0, le=60)  # how often the API's dispatcher looks for due deliveries
     # the worker
     device: str = "auto"  # auto: CUDA when present, else CPU
-    torch_threads: int | None = None
+    torch_threads: int | None = None  # torch threads of a worker; None: torch's default
     jobs_in_flight: int = Field(16, ge=1, le=1024)  # jobs one worker process holds at once (its Celery threads)
     max_batch: int | None = Field(None, ge=1)  # rows per batched forward; None: 64 on CPU, 256 on CUDA
     compile: bool = True  # compile the forward's buckets in the background (eager until each is ready)
@@ -119,13 +120,13 @@ class Settings(BaseSettings):
     # a queued job whose task was sent this long ago and whose message the broker no longer holds
     # (a worker died as it took it) is sent again
     lost_message_after_s: float = Field(10.0, gt=0)
-    heartbeat_s: float = Field(2.0, gt=0)
+    heartbeat_s: float = Field(2.0, gt=0)  # how often a worker reports itself and its running jobs
     stale_after_s: float = Field(60.0, gt=0)  # a running job without heartbeat this long is re-run
     worker_dead_after_s: float = Field(10.0, gt=0)  # a worker silent this long is dead: its jobs are re-run
-    max_attempts: int = Field(3, ge=1)
+    max_attempts: int = Field(3, ge=1)  # runs of a job (its first and re-runs after a worker died) before it fails
     preview_count: int = Field(20, ge=0)  # preview images per job
-    gif_frames: int = Field(40, ge=2)
-    progress_interval_s: float = Field(0.1, ge=0)
+    gif_frames: int = Field(40, ge=2)  # frames of a job's denoising GIF
+    progress_interval_s: float = Field(0.1, ge=0)  # least time between two progress events of a job
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
