@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from serve.redis_server import EmbeddedRedis
+from tests.browser import browser  # noqa: F401 (the headless Chromium fixture of the browser tests)
 
 
 @pytest.fixture(scope="session")

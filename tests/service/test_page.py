@@ -2,17 +2,14 @@
 controls follow the model (digits, named classes, unconditional images, points) and the API-key
 field shows only when the service needs a key.
 
-Needs Debian's ``chromium`` and ``chromium-driver``; without them the test fails when ``CI``
-is set and is skipped otherwise. A screenshot is kept in ``test-artifacts/service/``.
+Needs Debian's ``chromium`` and ``chromium-driver`` (``tests/browser.py``); without them the test
+fails when ``CI`` is set and is skipped otherwise. A screenshot is kept in ``test-artifacts/service/``.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,67 +18,8 @@ import pytest
 from ddpm_core.sampler_specs import FAST_SAMPLER, SAMPLER_NAMES
 from serve.redis_server import EmbeddedRedis
 from tests.api.kinds import SPRITE_CLASSES, write_model_kinds
+from tests.browser import console_errors
 from tests.service.conftest import ARTIFACTS, own_stack, service_env, start_api, stop_process
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--window-size=1200,1400",
-]
-
-
-def _find(*names: str) -> str | None:
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-@pytest.fixture()
-def browser() -> Iterator[object]:
-    chromium = _find("chromium", "chromium-browser")
-    driver_path = _find("chromedriver")
-    if not chromium or not driver_path:
-        message = (
-            "headless browser test needs Debian's chromium and chromium-driver (apt-get install -y "
-            f"chromium chromium-driver); found chromium={chromium}, chromedriver={driver_path}"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError as error:
-        if os.environ.get("CI"):
-            pytest.fail(f"selenium is not installed (pip install -e '.[dev]'): {error}")
-        pytest.skip(f"selenium is not installed: {error}")
-    profile = tempfile.mkdtemp(prefix="ddpm-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in [*CHROMIUM_ARGS, f"--user-data-dir={profile}"]:
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for console_errors()
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)  # no selenium-manager
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def console_errors(driver) -> list[str]:
-    """The browser console's errors since the last call (reading the log drains it)."""
-    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
 def test_page_generates_and_shows_the_grid_and_gif(browser, base_url: str) -> None:
