@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     max_queue: int = Field(32, ge=1)  # queued jobs beyond this get 429
     # request limits (see Limits)
     max_n: int = Field(64, ge=1, le=4096)  # images per job, whatever their size
-    # 256 x 256 pixels: 64 MNIST digits (28 x 28, capped by max_n), 16 images of 64 x 64
+    # most image pixels (height x width, all samples) in one job; 256 x 256: 64 MNIST digits (28 x 28,
+    # capped by max_n), 16 images of 64 x 64
     max_pixels_per_job: int = Field(256 * 256, ge=1)
     max_points_per_job: int = Field(10_000, ge=1, le=1_000_000)  # samples per job of a point model
     # the fewest steps of every sampler that chooses them; None: each sampler's own (ddim 10, the

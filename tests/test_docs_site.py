@@ -13,6 +13,7 @@ skipped otherwise.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -28,8 +29,6 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 
 from tests.browser import console_errors, start_browser
-
-pytestmark = pytest.mark.e2e  # builds the site and drives a browser
 
 REPO = Path(__file__).resolve().parents[1]
 # every host but the local server resolves to nothing: a font or script from a CDN fails loudly
@@ -106,6 +105,37 @@ def pages(site: Path) -> list[str]:
     return ["" if page == "." else page + "/" for page in found]
 
 
+def load_hooks():
+    """docs/hooks.py, the build's hooks (they need mkdocs)."""
+    try:
+        import mkdocs  # noqa: F401
+    except ImportError as error:
+        message = f"the docs hooks need the docs extra (pip install -e '.[docs]'): {error}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    spec = importlib.util.spec_from_file_location("docs_hooks", REPO / "docs" / "hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_settings_table_describes_every_setting() -> None:
+    """Operating it lists every setting with its variable, default and a description (a setting
+    added without a comment in contract/settings.py fails here)."""
+    from contract.settings import Settings
+
+    rows = load_hooks().settings_table().splitlines()[2:]
+    assert len(rows) == len(Settings.model_fields)
+    for row, name in zip(rows, Settings.model_fields, strict=True):
+        cells = [cell.strip() for cell in row.strip("|").split(" | ")]
+        assert len(cells) == 4, row
+        assert cells[0] in (f"`DDPM_{name.upper()}`", "`REDIS_URL`"), row
+        assert cells[2] and cells[3], f"{name}: no default or no description in the table: {row}"
+    assert "| `DDPM_MAX_QUEUE` | int | `32` | queued jobs beyond this get 429 |" in rows
+
+
+@pytest.mark.e2e
 def test_the_site_has_every_page(site: Path) -> None:
     expected = {
         "",
@@ -127,6 +157,7 @@ def test_the_site_has_every_page(site: Path) -> None:
     assert (site / "reference" / "openapi.json").is_file()
 
 
+@pytest.mark.e2e
 def test_every_page_loads_whole_and_offline(site: Path, served: Served, offline_browser) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -167,6 +198,7 @@ def test_every_page_loads_whole_and_offline(site: Path, served: Served, offline_
             assert answer.status == 200, link
 
 
+@pytest.mark.e2e
 def test_the_http_reference_renders_the_openapi_schema(served: Served, offline_browser) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
