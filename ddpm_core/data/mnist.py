@@ -13,16 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_core.atomic import atomic_path
+from ddpm_core.data.mnist_source import DEFAULT_MIRRORS as MNIST_MIRRORS
+from ddpm_core.data.mnist_source import MNIST_CLASS_NAMES, MNIST_FILES  # noqa: F401
 from ddpm_core.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
-MNIST_FILES = {
-    ("train", "images"): "train-images-idx3-ubyte",
-    ("train", "labels"): "train-labels-idx1-ubyte",
-    ("test", "images"): "t10k-images-idx3-ubyte",
-    ("test", "labels"): "t10k-labels-idx1-ubyte",
-}
 # MD5 checksums of the gzipped files as published.
 MNIST_MD5 = {
     "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
@@ -30,11 +26,6 @@ MNIST_MD5 = {
     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
-MNIST_MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-)
-MNIST_CLASS_NAMES = [str(digit) for digit in range(10)]
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
