@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ddpm_core.checkpoint import load_checkpoint
+from ddpm_core.data.mnist_source import DEFAULT_MNIST_DIR, find_mnist_files
 from ddpm_core.errors import UsageError
 from ddpm_core.evaluation.classifier import load_classifier
 from ddpm_core.evaluation.evaluate import (
@@ -61,7 +62,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--checkpoint", required=True, type=Path)
-    parser.add_argument("--data-dir", type=Path, help="directory of the MNIST IDX files (image models)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(DEFAULT_MNIST_DIR),
+        help=f"directory of the MNIST IDX files, for image models (default {DEFAULT_MNIST_DIR}; "
+        "'ddpm data fetch mnist' puts them there)",
+    )
     parser.add_argument("--per-class", type=int, default=100, help="samples per class (default 100)")
     parser.add_argument("--points", type=int, default=10_000, help="points drawn from a 2D model (default 10000)")
     parser.add_argument(
@@ -121,8 +128,7 @@ def run(args: argparse.Namespace) -> int:
         def evaluate(chosen: EvalSettings, progress) -> dict:
             return evaluate_points(checkpoint, chosen, args.points, progress)
     else:
-        if args.data_dir is None:
-            raise UsageError(f"{args.checkpoint} draws images: give --data-dir, the directory of the MNIST files")
+        find_mnist_files(args.data_dir)  # before the classifier: a missing data set is one line naming the fetch
         classifier = load_classifier(args.classifier)
         check_checkpoint(checkpoint, classifier.model.config.num_classes)
         per_point = args.per_class * classifier.model.config.num_classes

@@ -29,6 +29,7 @@ from ddpm_core.cli.train_setup import (
     name_list,
 )
 from ddpm_core.data import dataset_kind, load_training_data
+from ddpm_core.data.mnist_source import DEFAULT_MNIST_DIR
 from ddpm_core.data.spec import DATASET_HELP
 from ddpm_core.errors import DDPMError, DistributedError, UsageError
 from ddpm_core.models import build_model
@@ -61,7 +62,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "in [0,1] or [-1,1]; labels as class indices (N,) or one-hot rows (N,K)",
     )
     parser.add_argument(
-        "--data-dir", default="data/mnist", help="directory of the MNIST IDX files (downloaded when missing)"
+        "--data-dir",
+        default=DEFAULT_MNIST_DIR,
+        help=f"directory of the MNIST IDX files (default {DEFAULT_MNIST_DIR}; 'ddpm data fetch mnist' puts them there)",
     )
     parser.add_argument("--out", required=True, type=Path, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
@@ -230,7 +233,7 @@ def train(args: argparse.Namespace, context: DistContext) -> int:
         # The run's own model and schedule win; training options given now override the saved ones.
         train_options = {**saved_train, **given_train}
 
-    with context.main_first():  # rank 0 first: it may download the data; its errors end every rank
+    with context.main_first():  # rank 0 first: its errors (data it cannot read) end every rank
         config = TrainConfig(**train_options)
         check_batch_split(config.batch_size, context.world_size, args.accumulate)
         torch.manual_seed(config.seed)  # the initial weights (rank 0's, under torchrun) follow --seed

@@ -1,6 +1,6 @@
 """Naming a training data set in one string (``ddpm train --dataset``) and loading it.
 
-- ``mnist``: the MNIST IDX files in ``data_dir`` (downloaded when missing), classes '0'..'9';
+- ``mnist``: the MNIST IDX files in ``data_dir`` (``ddpm data fetch mnist`` downloads them), classes '0'..'9';
 - ``checkerboard``: the 2D toy, unconditional;
 - ``folder:PATH``: a folder of images, one subfolder per class or flat (:mod:`ddpm_core.data.folder`);
 - ``npy:IMAGES.npy[,LABELS.npy]``: arrays (:mod:`ddpm_core.data.arrays`).
@@ -18,6 +18,7 @@ from pathlib import Path
 from ddpm_core.data.arrays import load_npy_data
 from ddpm_core.data.datasets import CheckerboardData, ImageData, TrainingData, load_mnist_data
 from ddpm_core.data.folder import load_image_folder
+from ddpm_core.data.mnist_source import DEFAULT_MNIST_DIR
 from ddpm_core.errors import UsageError
 
 DATASET_KINDS = ("mnist", "checkerboard", "folder", "npy")
@@ -38,8 +39,7 @@ class DataOptions:
     channels: int | None = None
     class_names: tuple[str, ...] | None = None
     unconditional: bool = False
-    data_dir: str | Path = "data/mnist"
-    download: bool = True
+    data_dir: str | Path = DEFAULT_MNIST_DIR
 
 
 def dataset_kind(spec: str) -> str:
@@ -87,7 +87,7 @@ def load_training_data(spec: str, options: DataOptions | None = None) -> Trainin
     if kind == "mnist":
         if options.channels not in (None, 1):
             raise UsageError(f"MNIST images have 1 channel, not --channels {options.channels}")
-        data: ImageData = load_mnist_data(options.data_dir, download=options.download, image_size=options.image_size)
+        data: ImageData = load_mnist_data(options.data_dir, image_size=options.image_size)
     elif kind == "folder":
         data = load_image_folder(spec.partition(":")[2], options.image_size, options.channels)
     else:

@@ -117,7 +117,7 @@ class DistContext:
 
     @contextlib.contextmanager
     def main_first(self) -> Iterator[None]:
-        """Run the block on rank 0 first, then on the others (e.g. loading data rank 0 may download).
+        """Run the block on rank 0 first, then on the others (e.g. reading the data once).
 
         When rank 0 fails in the block, the others never run it: they raise :class:`RemoteFailure`.
         The block must not use collective operations.
