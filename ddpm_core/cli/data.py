@@ -6,7 +6,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from ddpm_core.data.download import fetch_mnist
 from ddpm_core.data.mnist_source import DEFAULT_MIRRORS, DEFAULT_MNIST_DIR, MIRRORS_ENV, SHA256_ENV, MnistSource
 from ddpm_core.errors import UsageError
 
@@ -51,6 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``ddpm data fetch`` with parsed ``args``; prints each file and the directory; returns 0."""
+    from ddpm_core.data.download import fetch_mnist  # httpx: imported when a download runs
+
     if args.retries < 1 or args.timeout <= 0:
         raise UsageError("--retries must be at least 1 and --timeout positive")
     if not args.verbose:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ddpm_core.checkpoint import load_checkpoint, save_checkpoint
 from ddpm_core.errors import UsageError
 
 
@@ -23,6 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``ddpm export`` with parsed ``args``; returns the exit status."""
+    from ddpm_core.checkpoint import load_checkpoint, save_checkpoint  # torch: imported when it runs
+
     if args.out.resolve() == args.checkpoint.resolve():
         raise UsageError("--out must differ from --checkpoint")
     if args.default_guidance is not None and args.default_guidance < 0:

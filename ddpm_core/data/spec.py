@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ddpm_core.data.arrays import load_npy_data
-from ddpm_core.data.datasets import CheckerboardData, ImageData, TrainingData, load_mnist_data
-from ddpm_core.data.folder import load_image_folder
 from ddpm_core.data.mnist_source import DEFAULT_MNIST_DIR
 from ddpm_core.errors import UsageError
+
+if TYPE_CHECKING:
+    from ddpm_core.data.datasets import ImageData, TrainingData
 
 DATASET_KINDS = ("mnist", "checkerboard", "folder", "npy")
 DATASET_HELP = "mnist, checkerboard, folder:PATH or npy:IMAGES.npy[,LABELS.npy]"
@@ -68,6 +69,11 @@ def load_training_data(spec: str, options: DataOptions | None = None) -> Trainin
         UsageError: an unknown ``spec`` or options that do not apply to it.
         DatasetError: missing, malformed or inconsistent data.
     """
+    # the loaders import torch: imported here, so the names above stay torch-free (ddpm --help)
+    from ddpm_core.data.arrays import load_npy_data
+    from ddpm_core.data.datasets import CheckerboardData, load_mnist_data
+    from ddpm_core.data.folder import load_image_folder
+
     options = options or DataOptions()
     kind = dataset_kind(spec)
     if options.class_names is not None:

@@ -28,12 +28,13 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from ddpm_core.defaults import DEFAULT_DIST_TIMEOUT_S
 from ddpm_core.device import pick_device
 from ddpm_core.errors import DDPMError, DistributedError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = 900.0
+DEFAULT_TIMEOUT_S = DEFAULT_DIST_TIMEOUT_S
 T = TypeVar("T")
 
 
