@@ -41,6 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gif", type=Path, help="write a denoising GIF")
     parser.add_argument("--npy", type=Path, help="write the samples as float32 .npy in [-1, 1]")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (none when stderr is not a terminal)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,11 +8,12 @@ import logging
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from ddpm_core.checkpoint import load_checkpoint
 from ddpm_core.device import pick_device
 from ddpm_core.errors import UsageError
-from ddpm_core.pipeline import generate
+from ddpm_core.pipeline import StepInfo, generate
 from ddpm_core.render import FrameRecorder, ScatterRecorder, save_gif, save_grid, save_scatter
 from ddpm_core.sampler_specs import DDIM, sampler_spec
 from ddpm_core.samplers import make_sampler
@@ -60,16 +61,24 @@ def run(args: argparse.Namespace) -> int:
     if args.all_classes:
         labels = [index for index in range(checkpoint.num_classes) for _ in range(args.n)]
     started = time.perf_counter()
-    samples = generate(
-        checkpoint.model,
-        sampler,
-        sample_shape=checkpoint.sample_shape,
-        num_samples=len(labels) if labels else args.n,
-        class_labels=labels,
-        guidance_scale=guidance,
-        seed=args.seed,
-        callback=recorder,
-    )
+    disable = True if args.no_progress else None  # None: tqdm shows a bar on a terminal only
+    with tqdm(total=len(sampler.timesteps), unit="step", desc="sample", disable=disable) as bar:
+
+        def after_step(info: StepInfo) -> None:
+            if recorder is not None:
+                recorder(info)
+            bar.update(1)
+
+        samples = generate(
+            checkpoint.model,
+            sampler,
+            sample_shape=checkpoint.sample_shape,
+            num_samples=len(labels) if labels else args.n,
+            class_labels=labels,
+            guidance_scale=guidance,
+            seed=args.seed,
+            callback=after_step,
+        )
     seconds = time.perf_counter() - started
     logger.info(
         "sampled %d in %.1f s (%d steps, %.1f ms/step)",
