@@ -31,6 +31,7 @@ from ddpm_core.cli.train_setup import (
 )
 from ddpm_core.data import dataset_kind, load_training_data
 from ddpm_core.errors import DDPMError, DistributedError, UsageError
+from ddpm_core.history import training_history
 from ddpm_core.models import build_model
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.training import RunOptions, TrainConfig, Trainer
@@ -91,6 +92,7 @@ def train(args: argparse.Namespace, context: DistContext) -> int:
         # The run's own model and schedule win; training options given now override the saved ones.
         train_options = {**saved_train, **given_train}
 
+    history, source_name = [], ""  # what --init-from's weights went through before this run
     with context.main_first():  # rank 0 first: its errors (data it cannot read) end every rank
         config = TrainConfig(**train_options)
         check_batch_split(config.batch_size, context.world_size, args.accumulate)
@@ -118,6 +120,8 @@ def train(args: argparse.Namespace, context: DistContext) -> int:
                         f"--init-from: {args.init_from} has model config {source.model.config}, not {model.config}"
                     )
                 model.load_state_dict(source.model.state_dict())
+                history = training_history(source.training)
+                source_name = f"{args.init_from.name} (sha256 {source.weights_sha256})"
     options = RunOptions(
         accumulate=args.accumulate,
         compile=args.compile,
@@ -134,6 +138,8 @@ def train(args: argparse.Namespace, context: DistContext) -> int:
         progress=not args.no_progress,
         options=options,
         context=context,
+        history=history,
+        source=source_name,
     )
     if args.resume:
         trainer.resume()
