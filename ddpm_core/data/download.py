@@ -79,7 +79,8 @@ def fetch_file(
         if content_sha256(target, gzipped) == sha256:
             logger.debug("%s is already there (checksum verified)", target)
             return Fetched(target, None)
-        logger.warning("%s does not match its checksum: downloading it again", target)
+        logger.warning("%s does not match its checksum: deleted, downloading it again", target)
+        target.unlink()  # never left in place as if good, should no mirror serve a good copy
     directory.mkdir(parents=True, exist_ok=True)
     failures = []
     for mirror in mirrors:

@@ -126,7 +126,10 @@ def test_a_corrupt_file_is_refused_and_not_left_in_place(mirror, tmp_path, monke
     assert code == 2 and len(err) == 1 and "checksum mismatch" in err[0] and name in err[0], err
     assert not (tmp_path / "mnist" / name).exists()
     assert not list((tmp_path / "mnist").glob("*.part"))
-    # a bad file already in place is downloaded again, not kept as if good
+    # a bad file already in place is deleted, even when no good copy can be had, then downloaded again
+    (tmp_path / "mnist" / name).write_bytes(gzip.compress(b"stale"))
+    code, _, err = fetch(capsys, tmp_path / "mnist", mirror.url)
+    assert code == 2 and not (tmp_path / "mnist" / name).exists()
     mirror.files[name] = good[name]
     (tmp_path / "mnist" / name).write_bytes(gzip.compress(b"stale"))
     code, _, err = fetch(capsys, tmp_path / "mnist", mirror.url)
