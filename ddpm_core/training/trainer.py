@@ -158,7 +158,9 @@ class Trainer:
     ) -> None:
         check_model_fits_data(model, data)
         self.history = list(history)  # the sessions before this one, oldest first
-        self.session = TrainingRun(steps=0, start="weights" if source else "scratch", source=source)
+        # this session: how it started, the run's step and training seconds when it did
+        self.session_start, self.source = ("weights" if source else "scratch"), source
+        self.session_step, self.session_seconds = 0, 0.0
         self.options = options or RunOptions()
         self.context = context or DistContext(device=pick_device(device))
         check_batch_split(config.batch_size, self.context.world_size, self.options.accumulate)
@@ -315,16 +317,16 @@ class Trainer:
         """The weights' whole history: the earlier sessions, then this one up to now (when it trained)."""
         config = self.config
         session = TrainingRun(
-            steps=self.step - self.session.at_step,
-            start=self.session.start,
-            source=self.session.source,
-            at_step=self.session.at_step,
+            steps=self.step - self.session_step,
+            start=self.session_start,
+            source=self.source,
+            at_step=self.session_step,
             batch_size=config.batch_size,
             learning_rate=config.learning_rate,
             warmup_steps=config.warmup_steps,
             lr_schedule=config.lr_schedule,
             max_steps=config.max_steps,
-            seconds=round(self.elapsed_seconds - self.session.seconds, 1),  # session.seconds: elapsed at its start
+            seconds=round(self.elapsed_seconds - self.session_seconds, 1),
         )
         return self.history + ([session] if session.steps else [])
 
@@ -402,7 +404,8 @@ class Trainer:
         self.history = training_history(
             {"steps": self.step, **({HISTORY_KEY: info[HISTORY_KEY]} if HISTORY_KEY in info else {})}
         )
-        self.session = TrainingRun(steps=0, start="resume", at_step=self.step, seconds=self.elapsed_seconds)
+        self.session_start, self.source = "resume", ""
+        self.session_step, self.session_seconds = self.step, self.elapsed_seconds
         if self.context.is_main:
             truncate_log(self.run_dir, self.step)
         logger.info("resumed %s at step %d (%d samples seen)", self.run_dir, self.step, self.samples_seen)
