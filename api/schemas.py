@@ -262,7 +262,9 @@ class ModelView(BaseModel):
     conditional: bool = Field(description="whether it draws a chosen class (POST /generate: class)")
     class_names: list[str] = Field(description="its classes by index; empty for an unconditional model")
     num_train_timesteps: int = Field(description="diffusion timesteps (the ddpm sampler's steps)")
-    training_steps: int | None = Field(description="optimizer steps it was trained for; null when not recorded")
+    training_steps: int | None = Field(
+        description="optimizer steps its weights were trained for, over all their runs; null when not recorded"
+    )
     default_guidance: float = Field(description="the guidance scale used when a request gives none")
     parameter_count: int
     weights_sha256: str

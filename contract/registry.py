@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from contract.settings import Settings
 from ddpm_core.checkpoint_header import file_sha256, inference_defaults, read_checkpoint_info
 from ddpm_core.errors import CheckpointError
+from ddpm_core.history import trained_steps
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ class ModelInfo(BaseModel):
     conditional: bool
     sample_shape: list[int]
     num_train_timesteps: int
-    training_steps: int | None = Field(None, description="optimizer steps it was trained for, when recorded")
+    training_steps: int | None = Field(
+        None, description="optimizer steps its weights were trained for, over all their training runs, when recorded"
+    )
     parameter_count: int
     default_guidance: float
     weights_sha256: str
@@ -109,6 +112,7 @@ class ModelRegistry:
         try:
             header = read_checkpoint_info(path)
             defaults = inference_defaults(header.get("training") or {})
+            steps = trained_steps(header.get("training") or {})
         except CheckpointError as error:
             logger.warning("model %s (%s) is not usable: %s", name, path, error)
             reason = str(error).replace(str(path), path.name)
@@ -123,7 +127,7 @@ class ModelRegistry:
             conditional=bool(class_names),
             sample_shape=[int(item) for item in header["sample_shape"]],
             num_train_timesteps=int(header["schedule"]["num_train_timesteps"]),
-            training_steps=_training_steps(header.get("training") or {}),
+            training_steps=steps,
             parameter_count=int(header["parameter_count"]),
             default_guidance=defaults.default_guidance,
             weights_sha256=file_sha256(path),
@@ -131,9 +135,3 @@ class ModelRegistry:
         with self._lock:
             self._cache[path] = (key, info)
         return info
-
-
-def _training_steps(training: dict) -> int | None:
-    """The optimizer steps a checkpoint's ``training`` metadata records (``steps``), if any."""
-    steps = training.get("steps")
-    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0 else None

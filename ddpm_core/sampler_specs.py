@@ -122,6 +122,8 @@ DEFAULT_SAMPLER = DDPM.name
 """What the API runs when a request names no sampler: the reverse process the model was trained for."""
 FAST_SAMPLER = UNI_PC.name
 """The page's default: a few steps, close to the full reverse process in quality."""
+# how a spaced sampler picks its timesteps from the training ones
+SPACINGS = ("trailing", "linspace")
 MAX_HISTORY = max(spec.history for spec in SAMPLER_SPECS)
 """History slots every multistep job keeps, so jobs of different samplers share one step."""
 

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddpm_core.defaults import DEFAULT_BETA_END, DEFAULT_BETA_START
+
 SCHEDULE_KINDS = ("linear", "cosine")
-DEFAULT_BETA_START = 1e-4  # Ho et al.'s linear schedule, for T = 1000
-DEFAULT_BETA_END = 0.02
 # A bound on T: a checkpoint's schedule config is untrusted, and each of the 13 derived terms
 # takes 8 T bytes.
 MAX_TRAIN_TIMESTEPS = 100_000

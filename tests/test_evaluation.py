@@ -306,7 +306,7 @@ def workspace(tmp_path_factory):
     assert code == 0
     from ddpm_core.data import load_mnist
 
-    images, labels = load_mnist(data, "train", download=False)
+    images, labels = load_mnist(data, "train")
     classifier = train_classifier(
         images, labels, TINY, ClassifierTrainConfig(epochs=2, batch_size=32, learning_rate=1e-2)
     )

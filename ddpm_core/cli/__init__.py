@@ -31,6 +31,7 @@ BUILTIN_COMMANDS = {
     "sample": "ddpm_core.cli.sample",
     "evaluate": "ddpm_core.cli.evaluate",
     "export": "ddpm_core.cli.export",
+    "data": "ddpm_core.cli.data",
 }
 ENTRY_POINT_GROUP = "ddpm.commands"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,14 +12,6 @@ from ddpm_core.pipeline import generate
 from ddpm_core.render import save_grid, save_scatter
 from ddpm_core.samplers import DDIMSampler
 from ddpm_core.schedule import NoiseSchedule
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    """'1,2,4' -> (1, 2, 4); '' -> ()."""
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def make_sample_writer(

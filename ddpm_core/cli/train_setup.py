@@ -73,11 +73,6 @@ TRAIN_OPTIONS = (
 )
 
 
-def name_list(text: str) -> tuple[str, ...]:
-    """'a,b, c' -> ('a', 'b', 'c')."""
-    return tuple(part.strip() for part in text.split(","))
-
-
 def data_options(args: argparse.Namespace, **overrides: object) -> DataOptions:
     """The data options given on the command line (``overrides`` win)."""
     options = {

@@ -1,31 +1,44 @@
-"""Data sets: MNIST IDX files, folders of images, .npy arrays and the 2D checkerboard."""
+"""Data sets: MNIST IDX files, folders of images, .npy arrays and the 2D checkerboard.
 
-from ddpm_core.data.arrays import load_npy_data
-from ddpm_core.data.datasets import (
-    CheckerboardData,
-    ImageData,
-    TrainingData,
-    checkerboard_fraction_on_black,
-    load_mnist_data,
-)
-from ddpm_core.data.folder import load_image_folder
-from ddpm_core.data.mnist import MNIST_CLASS_NAMES, DatasetError, load_mnist, read_idx, write_idx
-from ddpm_core.data.spec import DataOptions, dataset_kind, load_training_data
+Attributes are imported lazily, so the torch-free modules (``mnist_source``, ``download``) stay
+torch-free when imported through this package.
+"""
 
-__all__ = [
-    "CheckerboardData",
-    "DataOptions",
-    "DatasetError",
-    "ImageData",
-    "MNIST_CLASS_NAMES",
-    "TrainingData",
-    "checkerboard_fraction_on_black",
-    "dataset_kind",
-    "load_image_folder",
-    "load_mnist",
-    "load_mnist_data",
-    "load_npy_data",
-    "load_training_data",
-    "read_idx",
-    "write_idx",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "load_npy_data": "ddpm_core.data.arrays",
+    "CheckerboardData": "ddpm_core.data.datasets",
+    "ImageData": "ddpm_core.data.datasets",
+    "TrainingData": "ddpm_core.data.datasets",
+    "checkerboard_fraction_on_black": "ddpm_core.data.datasets",
+    "load_mnist_data": "ddpm_core.data.datasets",
+    "load_image_folder": "ddpm_core.data.folder",
+    "DatasetError": "ddpm_core.errors",
+    "MNIST_CLASS_NAMES": "ddpm_core.data.mnist_source",
+    "find_mnist_files": "ddpm_core.data.mnist_source",
+    "load_mnist": "ddpm_core.data.mnist",
+    "read_idx": "ddpm_core.data.mnist",
+    "write_idx": "ddpm_core.data.mnist",
+    "DataOptions": "ddpm_core.data.spec",
+    "dataset_kind": "ddpm_core.data.spec",
+    "load_training_data": "ddpm_core.data.spec",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ddpm_core.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

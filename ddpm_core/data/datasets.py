@@ -14,7 +14,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ddpm_core.data.mnist import MNIST_CLASS_NAMES, load_mnist
+from ddpm_core.data.mnist import load_mnist
+from ddpm_core.data.mnist_source import MNIST_CLASS_NAMES
 from ddpm_core.data.resize import resize_square
 from ddpm_core.errors import DatasetError
 
@@ -79,15 +80,13 @@ class ImageData:
         return images, self.labels[index]
 
 
-def load_mnist_data(
-    data_dir: str | Path, split: str = "train", download: bool = True, image_size: int | None = None
-) -> ImageData:
+def load_mnist_data(data_dir: str | Path, split: str = "train", image_size: int | None = None) -> ImageData:
     """MNIST as an :class:`ImageData` of (N, 1, S, S) images with classes '0' to '9'.
 
     ``image_size`` S defaults to MNIST's 28; another size resizes every digit bilinearly (28 -> 32
     as a 32-pixel MNIST model is trained), so the data's shape is the one the model is built for.
     """
-    images, labels = load_mnist(data_dir, split, download=download)
+    images, labels = load_mnist(data_dir, split)
     images = images[:, None]
     if image_size is not None and image_size != images.shape[-1]:
         images = resize_square(images, image_size)

@@ -1,40 +1,18 @@
-"""MNIST from its four standard IDX files (``*-ubyte.gz`` or raw), downloaded when missing."""
+"""MNIST from its four standard IDX files (``*-ubyte.gz`` or raw); ``ddpm data fetch mnist`` downloads them."""
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
 import struct
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from ddpm_core.atomic import atomic_path
+from ddpm_core.data.mnist_source import find_mnist_files
 from ddpm_core.errors import DatasetError
 
 logger = logging.getLogger(__name__)
-
-MNIST_FILES = {
-    ("train", "images"): "train-images-idx3-ubyte",
-    ("train", "labels"): "train-labels-idx1-ubyte",
-    ("test", "images"): "t10k-images-idx3-ubyte",
-    ("test", "labels"): "t10k-labels-idx1-ubyte",
-}
-# MD5 checksums of the gzipped files as published.
-MNIST_MD5 = {
-    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-}
-MNIST_MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-)
-MNIST_CLASS_NAMES = [str(digit) for digit in range(10)]
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -73,53 +51,19 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
         handle.write(header + array.tobytes())
 
 
-def _find(directory: Path, stem: str) -> Path | None:
-    for name in (stem + ".gz", stem):
-        if (directory / name).is_file():
-            return directory / name
-    return None
-
-
-def _download(directory: Path, stem: str) -> Path:
-    name = stem + ".gz"
-    target = directory / name
-    errors = []
-    for mirror in MNIST_MIRRORS:
-        try:
-            logger.info("downloading %s%s", mirror, name)
-            with urllib.request.urlopen(mirror + name, timeout=30) as response:
-                payload = response.read()
-        except (urllib.error.URLError, OSError) as error:
-            errors.append(f"{mirror}: {error}")
-            continue
-        if hashlib.md5(payload).hexdigest() != MNIST_MD5[name]:
-            errors.append(f"{mirror}: checksum mismatch")
-            continue
-        with atomic_path(target) as temporary:
-            temporary.write_bytes(payload)
-        return target
-    raise DatasetError(f"{stem} is not in {directory} and could not be downloaded ({'; '.join(errors)})")
-
-
-def load_mnist(data_dir: str | Path, split: str = "train", download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def load_mnist(data_dir: str | Path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 28, 28) uint8 and labels (N,) int64 of one split ('train' or 'test').
 
-    Files are looked up in ``data_dir`` as ``<name>.gz`` or raw ``<name>``; when missing and
-    ``download`` is set they are fetched and their checksums verified.
+    The files are found by :func:`~ddpm_core.data.mnist_source.find_mnist_files` (``<name>.gz``
+    or raw ``<name>`` in ``data_dir``); nothing is downloaded.
+
+    Raises:
+        DatasetError: the files are missing (the message names ``ddpm data fetch mnist``), or
+            malformed or inconsistent.
     """
-    if split not in ("train", "test"):
-        raise DatasetError(f"unknown MNIST split {split!r}; expected 'train' or 'test'")
     directory = Path(data_dir)
-    arrays = {}
-    for kind in ("images", "labels"):
-        stem = MNIST_FILES[(split, kind)]
-        path = _find(directory, stem)
-        if path is None:
-            if not download:
-                raise DatasetError(f"{stem}(.gz) not found in {directory}")
-            path = _download(directory, stem)
-        arrays[kind] = read_idx(path)
-    images, labels = arrays["images"], arrays["labels"]
+    paths = find_mnist_files(directory, (split,))
+    images, labels = read_idx(paths[(split, "images")]), read_idx(paths[(split, "labels")])
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise DatasetError(f"MNIST {split} files in {directory} disagree: images {images.shape}, labels {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > 9):

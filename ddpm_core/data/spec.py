@@ -1,6 +1,6 @@
 """Naming a training data set in one string (``ddpm train --dataset``) and loading it.
 
-- ``mnist``: the MNIST IDX files in ``data_dir`` (downloaded when missing), classes '0'..'9';
+- ``mnist``: the MNIST IDX files in ``data_dir`` (``ddpm data fetch mnist`` downloads them), classes '0'..'9';
 - ``checkerboard``: the 2D toy, unconditional;
 - ``folder:PATH``: a folder of images, one subfolder per class or flat (:mod:`ddpm_core.data.folder`);
 - ``npy:IMAGES.npy[,LABELS.npy]``: arrays (:mod:`ddpm_core.data.arrays`).
@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ddpm_core.data.arrays import load_npy_data
-from ddpm_core.data.datasets import CheckerboardData, ImageData, TrainingData, load_mnist_data
-from ddpm_core.data.folder import load_image_folder
+from ddpm_core.data.mnist_source import DEFAULT_MNIST_DIR
 from ddpm_core.errors import UsageError
+
+if TYPE_CHECKING:
+    from ddpm_core.data.datasets import ImageData, TrainingData
 
 DATASET_KINDS = ("mnist", "checkerboard", "folder", "npy")
 DATASET_HELP = "mnist, checkerboard, folder:PATH or npy:IMAGES.npy[,LABELS.npy]"
@@ -38,8 +40,7 @@ class DataOptions:
     channels: int | None = None
     class_names: tuple[str, ...] | None = None
     unconditional: bool = False
-    data_dir: str | Path = "data/mnist"
-    download: bool = True
+    data_dir: str | Path = DEFAULT_MNIST_DIR
 
 
 def dataset_kind(spec: str) -> str:
@@ -68,6 +69,11 @@ def load_training_data(spec: str, options: DataOptions | None = None) -> Trainin
         UsageError: an unknown ``spec`` or options that do not apply to it.
         DatasetError: missing, malformed or inconsistent data.
     """
+    # the loaders import torch: imported here, so the names above stay torch-free (ddpm --help)
+    from ddpm_core.data.arrays import load_npy_data
+    from ddpm_core.data.datasets import CheckerboardData, load_mnist_data
+    from ddpm_core.data.folder import load_image_folder
+
     options = options or DataOptions()
     kind = dataset_kind(spec)
     if options.class_names is not None:
@@ -87,7 +93,7 @@ def load_training_data(spec: str, options: DataOptions | None = None) -> Trainin
     if kind == "mnist":
         if options.channels not in (None, 1):
             raise UsageError(f"MNIST images have 1 channel, not --channels {options.channels}")
-        data: ImageData = load_mnist_data(options.data_dir, download=options.download, image_size=options.image_size)
+        data: ImageData = load_mnist_data(options.data_dir, image_size=options.image_size)
     elif kind == "folder":
         data = load_image_folder(spec.partition(":")[2], options.image_size, options.channels)
     else:

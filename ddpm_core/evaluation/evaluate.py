@@ -141,8 +141,8 @@ def build_reference(
     classifier: LoadedClassifier, data_dir: str | Path, train_images: int = FLOOR_TRAIN_IMAGES, seed: int = 0
 ) -> Reference:
     """Classify the MNIST test set and ``train_images`` random training images (never downloads)."""
-    test_images, test_labels = load_mnist(data_dir, "test", download=False)
-    images, labels = load_mnist(data_dir, "train", download=False)
+    test_images, test_labels = load_mnist(data_dir, "test")
+    images, labels = load_mnist(data_dir, "train")
     predicted, test_features = classify(classifier.model, test_images)
     test_accuracy = float((predicted == test_labels).mean())
     order = np.random.default_rng(seed).permutation(len(images))[:train_images]

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ddpm_core.errors import UsageError
-from ddpm_core.sampler_specs import sampler_spec
-from ddpm_core.samplers import SPACINGS
+from ddpm_core.sampler_specs import SPACINGS, sampler_spec
 
 DEFAULT_SWEEP = "ddim:5,8,10,20,50 dpmpp_2m:5,8,10,20 uni_pc:5,8,10,20 ddpm"
 

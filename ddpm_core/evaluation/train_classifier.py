@@ -121,8 +121,8 @@ def load_split(args: argparse.Namespace, size: int | None, channels: int | None)
             raise UsageError("--dataset mnist needs --data-dir (the MNIST IDX files; nothing is downloaded)")
         if channels not in (None, 1):
             raise UsageError(f"MNIST images have 1 channel, not {channels}")
-        train = load_mnist_data(args.data_dir, "train", download=False, image_size=size)
-        test = load_mnist_data(args.data_dir, "test", download=False, image_size=size)
+        train = load_mnist_data(args.data_dir, "train", image_size=size)
+        test = load_mnist_data(args.data_dir, "test", image_size=size)
         return Split(
             dataset=train.name,
             class_names=list(train.class_names),
@@ -134,7 +134,7 @@ def load_split(args: argparse.Namespace, size: int | None, channels: int | None)
             test_set="the MNIST test set",
         )
     class_names = tuple(name.strip() for name in args.class_names.split(",")) if args.class_names else None
-    options = DataOptions(image_size=size, channels=channels, class_names=class_names, download=False)
+    options = DataOptions(image_size=size, channels=channels, class_names=class_names)
     data = load_training_data(args.dataset, options)
     assert isinstance(data, ImageData)
     if not data.class_names:

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ddpm_core.sampler_specs import SPACINGS
+
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
-SPACINGS = ("trailing", "linspace")
 COEF_A, COEF_B, COEF_CLIP = 0, 1, 2  # the columns before M
 HEAD = 3  # a, b, r
 

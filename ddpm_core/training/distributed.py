@@ -28,12 +28,13 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from ddpm_core.defaults import DEFAULT_DIST_TIMEOUT_S
 from ddpm_core.device import pick_device
 from ddpm_core.errors import DDPMError, DistributedError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = 900.0
+DEFAULT_TIMEOUT_S = DEFAULT_DIST_TIMEOUT_S
 T = TypeVar("T")
 
 
@@ -117,7 +118,7 @@ class DistContext:
 
     @contextlib.contextmanager
     def main_first(self) -> Iterator[None]:
-        """Run the block on rank 0 first, then on the others (e.g. loading data rank 0 may download).
+        """Run the block on rank 0 first, then on the others (e.g. reading the data once).
 
         When rank 0 fails in the block, the others never run it: they raise :class:`RemoteFailure`.
         The block must not use collective operations.

@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from ddpm_core.data.datasets import ImageData, TrainingData
 from ddpm_core.data.fingerprint import data_fingerprint
 from ddpm_core.device import pick_device
 from ddpm_core.errors import CheckpointError, DatasetError
+from ddpm_core.history import HISTORY_KEY, TrainingRun, history_metadata, training_history
 from ddpm_core.schedule import NoiseSchedule
 from ddpm_core.training.batches import DROPOUT, NOISE, Shard, ShardedBatches, make_loader, mix_seed
 from ddpm_core.training.distributed import DistContext, check_batch_split, collective_errors
@@ -129,6 +130,10 @@ class Trainer:
     - ``log.jsonl``: one line per ``log_every`` steps (:class:`~ddpm_core.training.metrics.MetricsRecord`);
     - ``samples/step_NNNNNNN.png`` from ``sample_writer`` every ``sample_every`` steps.
 
+    The checkpoint's ``training`` metadata records the weights' history (:mod:`ddpm_core.history`):
+    ``history`` holds the runs before this one (e.g. those of the checkpoint ``--init-from``
+    starts from, whose file ``source`` names), :meth:`resume` the run's own earlier sessions.
+
     ``config.batch_size`` is the global batch. With ``context`` of W ranks (see
     :func:`~ddpm_core.training.distributed.init_distributed`) the model is wrapped in
     ``DistributedDataParallel`` and each rank trains on its 1/W of every batch; the weights, EMA
@@ -148,8 +153,14 @@ class Trainer:
         progress: bool = True,
         options: RunOptions | None = None,
         context: DistContext | None = None,
+        history: Sequence[TrainingRun] = (),
+        source: str = "",
     ) -> None:
         check_model_fits_data(model, data)
+        self.history = list(history)  # the sessions before this one, oldest first
+        # this session: how it started, the run's step and training seconds when it did
+        self.session_start, self.source = ("weights" if source else "scratch"), source
+        self.session_step, self.session_seconds = 0, 0.0
         self.options = options or RunOptions()
         self.context = context or DistContext(device=pick_device(device))
         check_batch_split(config.batch_size, self.context.world_size, self.options.accumulate)
@@ -302,8 +313,25 @@ class Trainer:
         return path
 
     # ----------------------------------------------------------------- persistence
+    def runs(self) -> list[TrainingRun]:
+        """The weights' whole history: the earlier sessions, then this one up to now (when it trained)."""
+        config = self.config
+        session = TrainingRun(
+            steps=self.step - self.session_step,
+            start=self.session_start,
+            source=self.source,
+            at_step=self.session_step,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            warmup_steps=config.warmup_steps,
+            lr_schedule=config.lr_schedule,
+            max_steps=config.max_steps,
+            seconds=round(self.elapsed_seconds - self.session_seconds, 1),
+        )
+        return self.history + ([session] if session.steps else [])
+
     def metadata(self) -> dict[str, Any]:
-        """The ``training`` metadata stored in the checkpoint (steps, settings, device, time)."""
+        """The ``training`` metadata stored in the checkpoint (steps, settings, device, time, history)."""
         return {
             "steps": self.step,
             "batch_size": self.config.batch_size,
@@ -313,6 +341,7 @@ class Trainer:
             "train_seconds": round(self.elapsed_seconds, 1),
             "torch": torch.__version__,
             **({"data_fingerprint": self.data_fingerprint} if self.data_fingerprint else {}),
+            HISTORY_KEY: history_metadata(self.runs()),
         }
 
     def save(self) -> Path:
@@ -340,6 +369,7 @@ class Trainer:
                 "elapsed_seconds": self.elapsed_seconds,
                 "world_size": self.context.world_size,
                 "train_config": asdict(self.config),
+                HISTORY_KEY: history_metadata(self.runs()),
             },
         )
         logger.info("saved step %d to %s", self.step, path)
@@ -370,6 +400,12 @@ class Trainer:
             logger.warning("the state in %s predates position-seeded batches: the data order restarts", self.run_dir)
         self.ema.num_updates = int(info["ema_updates"])
         self.elapsed_seconds = float(info.get("elapsed_seconds", 0.0))
+        # the run's sessions so far (a state from before histories were kept: one run of its steps)
+        self.history = training_history(
+            {"steps": self.step, **({HISTORY_KEY: info[HISTORY_KEY]} if HISTORY_KEY in info else {})}
+        )
+        self.session_start, self.source = "resume", ""
+        self.session_step, self.session_seconds = self.step, self.elapsed_seconds
         if self.context.is_main:
             truncate_log(self.run_dir, self.step)
         logger.info("resumed %s at step %d (%d samples seen)", self.run_dir, self.step, self.samples_seen)

@@ -1,6 +1,7 @@
 """The ``ddpm`` command on data the tests write: end to end in subprocesses (train, sample, export
 a real run: marked e2e), and its one-line errors and subcommand discovery in-process (fast)."""
 
+import io
 import json
 import os
 import subprocess
@@ -358,3 +359,22 @@ def test_only_the_chosen_subcommand_is_imported(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_sample_shows_a_progress_bar_on_a_terminal_only(tmp_path, monkeypatch):
+    """The bar counts the sampler's steps on a terminal; --no-progress and a pipe show none."""
+    checkpoint = tiny_checkpoint(tmp_path / "digits.safetensors", num_classes=10)
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    def stderr_of(stream, *flags):
+        monkeypatch.setattr("sys.stderr", stream)
+        args = ["sample", "--checkpoint", checkpoint, "--sampler", "ddim", "--steps", "7", "--n", "2"]
+        assert cli.main([str(arg) for arg in [*args, "--npy", tmp_path / "x.npy", *flags]]) == 0
+        return stream.getvalue()
+
+    assert "7/7" in stderr_of(Terminal())
+    assert "7/7" not in stderr_of(Terminal(), "--no-progress")
+    assert "7/7" not in stderr_of(io.StringIO())  # not a terminal

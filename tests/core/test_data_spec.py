@@ -33,8 +33,8 @@ def test_npy_paths():
 
 def test_mnist_at_32_pixels(tmp_path):
     directory = write_mnist_like(tmp_path / "mnist", [1, 0], copies=2)
-    native = load_mnist_data(directory, download=False)
-    data = load_mnist_data(directory, download=False, image_size=32)
+    native = load_mnist_data(directory)
+    data = load_mnist_data(directory, image_size=32)
     assert native.sample_shape == (1, 28, 28) and data.sample_shape == (1, 32, 32) and data.name == "mnist"
     assert data.class_names == [str(digit) for digit in range(10)] and data.labels.tolist() == [1, 0, 1, 0]
     one, small = data.images[0, 0].numpy().astype(float), native.images[0, 0].numpy().astype(float)
@@ -62,8 +62,6 @@ def test_unconditional_drops_the_classes(tmp_path):
     assert load_training_data(spec).class_names == ["0", "1", "2"]
     data = load_training_data(spec, DataOptions(unconditional=True))
     assert data.class_names == [] and data.labels.tolist() == [0, 0, 0, 0] and data.sample_shape == (3, 8, 8)
-    mnist = load_training_data(
-        "mnist", DataOptions(data_dir=write_mnist_like(tmp_path / "m", [3]), download=False, unconditional=True)
-    )
+    mnist = load_training_data("mnist", DataOptions(data_dir=write_mnist_like(tmp_path / "m", [3]), unconditional=True))
     assert mnist.class_names == [] and mnist.name == "mnist"
     assert load_training_data("checkerboard", DataOptions(unconditional=True)).class_names == []

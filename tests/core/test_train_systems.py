@@ -12,7 +12,7 @@ from PIL import Image
 import ddpm_core.cli as cli
 from ddpm_core import NoiseSchedule, TrainConfig, Trainer, UNet, UNetConfig, load_checkpoint
 from ddpm_core.checkpoint_header import read_checkpoint_info
-from ddpm_core.cli.train import DEFAULTS, build_new_model
+from ddpm_core.cli.train_setup import DEFAULTS, build_new_model
 from ddpm_core.data import load_npy_data
 from ddpm_core.errors import DatasetError
 from ddpm_core.models.unet import AttentionBlock, default_attention_resolutions
