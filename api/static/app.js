@@ -150,7 +150,7 @@ function describe(model) {
   const classes = !model.conditional ? "unconditional"
     : isDigitModel(model) ? `digits ${model.class_names.join(", ")}`
       : `classes ${model.class_names.join(", ")}`;
-  const trained = model.training_steps === null ? "" : `, trained ${model.training_steps} steps`;
+  const trained = model.training_steps === null ? "" : `, trained ${model.training_steps.toLocaleString("en-US")} steps`;
   const limit = `up to ${model.n_limit} ${model.kind === "points" ? "points" : "samples"} per job`;
   const check = model.check.checked ? `checked by ${model.check.by}` : `not checked: ${model.check.skipped}`;
   return `${model.name}: ${what} of ${model.dataset}, ${classes}${trained}; ${limit}; ${check}.`;
