@@ -358,7 +358,8 @@ class Readiness(BaseModel):
 
     status: str
     reason: str | None = None
-    workers: int | None = None
+    queue: str | None = Field(None, description="the broker queue jobs are sent to (DDPM_QUEUE_NAME)")
+    workers: int | None = Field(None, description="live workers that consume that queue")
     queued: int | None = None
     compiled_buckets: int | None = Field(None, description="compiled forward buckets, all live workers together")
     buckets: int | None = Field(None, description="forward buckets, all live workers together")

@@ -19,7 +19,7 @@ from typing import Any
 
 from celery import signals
 
-from contract.layout import ROW_SECONDS_FIELD, encode_row_seconds, worker_name
+from contract.layout import QUEUES_FIELD, ROW_SECONDS_FIELD, encode_queues, encode_row_seconds, worker_name
 from contract.registry import ModelRegistry
 from contract.settings import get_settings
 from contract.spec import JobSpec
@@ -109,6 +109,7 @@ def _report() -> dict[str, str]:
     from worker.housekeeping import stats_fields
 
     fields = {"device": str(_state["device"])} if "device" in _state else {}
+    fields[QUEUES_FIELD] = encode_queues(_state.get("queues", []))  # /readyz: who consumes the API's queue
     engines = _state.get("engines")
     if engines is not None:
         stats = engines.stats()
@@ -189,6 +190,7 @@ def _on_worker_init(**_: Any) -> None:
 @signals.worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     _warm_default_model()  # before the worker announces itself: /readyz waits for the model
+    _state["queues"] = list(app.amqp.queues.consume_from)  # --queues, else the configured queue
     thread = WorkerHousekeeping(
         WORKER_NAME,
         get_settings(),
@@ -197,7 +199,12 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     )
     _state["housekeeping"] = thread
     thread.start()
-    logger.info("worker %s ready: up to %d jobs in flight", WORKER_NAME, get_settings().jobs_in_flight)
+    logger.info(
+        "worker %s ready on queue %s: up to %d jobs in flight",
+        WORKER_NAME,
+        encode_queues(_state["queues"]),
+        get_settings().jobs_in_flight,
+    )
 
 
 @signals.worker_shutdown.connect
