@@ -72,11 +72,40 @@ def test_unknown_model_message_lists_the_available_ones(client: TestClient) -> N
     assert "unknown model 'cifar'" in payload["message"] and "mnist" in payload["message"]
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b""])
-def test_malformed_body_gets_422(client: TestClient, content: bytes) -> None:
+@pytest.mark.parametrize("content", [b"[1, 2]", b""])
+def test_a_body_of_the_wrong_shape_gets_422(client: TestClient, content: bytes) -> None:
     response = client.post("/generate", content=content, headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert response.json()["message"].startswith("invalid request")
+
+
+@pytest.mark.parametrize("path", ["/generate", "/v1/images/generations"])
+def test_a_body_that_is_no_json_says_so(client: TestClient, path: str) -> None:
+    """Not "Input should be a valid dictionary" (text/plain), nor a character offset shown as a
+    field name (malformed JSON): what is wrong with the body, in the path's error shape."""
+    openai = path.startswith("/v1/")
+
+    def message(answer: httpx.Response) -> str:
+        assert "Traceback" not in answer.text
+        return answer.json()["error"]["message"] if openai else answer.json()["message"]
+
+    for headers in ({"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}, {}):
+        answer = client.post(path, content=b'{"digit": 3, "prompt": "3"}', headers=headers)
+        assert answer.status_code == 415, answer.text
+        assert "application/json" in message(answer) and "valid dictionary" not in message(answer)
+    answer = client.post(path, content=b'{"digit": 3,,}', headers={"content-type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    assert message(answer).startswith("the request body is not valid JSON: ")
+    assert "at line 1, column 13 (offset 12)" in message(answer)
+    if openai:
+        assert answer.json()["error"]["param"] is None
+    else:
+        assert answer.json()["detail"] is None  # no character offset shown as a field
+    answer = client.post(path, content=b'{\n  "digit": 3\n  "n": 2}', headers={"content-type": "application/json"})
+    assert answer.status_code == 400 and "at line 3, column 3 " in message(answer), answer.text
+    # JSON with a charset or a +json type is JSON
+    answer = client.post(path, content=b'{"digit": 99}', headers={"content-type": "application/json; charset=utf-8"})
+    assert answer.status_code in (400, 422) and "digit" in answer.text
 
 
 @pytest.mark.parametrize("path", ["/jobs/{}", "/jobs/{}/png", "/jobs/{}/gif", "/jobs/{}/events"])
