@@ -2,7 +2,8 @@
 
 Each SSE ``id`` is the stream entry id, so a client reconnecting with ``Last-Event-ID`` gets
 every later entry and nothing twice. The stream ends after the terminal event; a finished job
-replays its whole history. Reads block briefly so a departed client frees its connection soon.
+replays its whole history, and one reconnecting after the end gets the terminal event again. Reads
+block briefly so a departed client frees its connection soon.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from api import deps
 from api.errors import responses
 from api.routes.jobs import READ, JobId, load_job
 from api.store import AsyncJobStore
-from contract.layout import TERMINAL_EVENTS
+from contract.layout import TERMINAL_EVENTS, JobRecord
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
@@ -33,20 +34,24 @@ BATCH = 200
 
 
 async def job_events(request: Request, store: AsyncJobStore, job_id: str, after: str) -> AsyncIterator[dict]:
-    """SSE events for ``job_id`` after stream id ``after`` until (and including) a terminal one."""
+    """SSE events for ``job_id`` after stream id ``after`` until (and including) a terminal one.
+    A client that reconnects after the end (``after`` at or past the terminal event) gets the
+    terminal event again at once, so it always learns how the job ended."""
     last = after
+    block_ms = 0  # the first read does not wait: a finished job answers at once
     try:
         while True:
             if await request.is_disconnected():
                 return
-            entries = await store.events_after(job_id, last, count=BATCH, block_ms=BLOCK_MS)
+            entries = await store.events_after(job_id, last, count=BATCH, block_ms=block_ms)
+            block_ms = BLOCK_MS
             if not entries:
-                # nothing new: stop if the job is gone, or ended before ``after`` (already delivered)
                 record = await store.get(job_id)
                 if record is None:
                     yield {"event": "failed", "data": json.dumps({"status": "expired", "error": "job expired"})}
                     return
                 if record.status.terminal and not await store.events_after(job_id, last, count=1, block_ms=0):
+                    yield await _ended(store, record)  # nothing newer remains: how it ended, again
                     return
                 continue
             for entry in entries:
@@ -60,6 +65,16 @@ async def job_events(request: Request, store: AsyncJobStore, job_id: str, after:
     except redis.exceptions.ResponseError as error:  # never cut a stream off mid-response
         logger.warning("event stream of job %s: Redis refused a read after %s: %s", job_id, last, error)
         yield {"event": "error", "data": json.dumps({"error": "the event stream could not be read"})}
+
+
+async def _ended(store: AsyncJobStore, record: JobRecord) -> dict:
+    """The terminal event of a finished job, with its own id; made from the record when its
+    stream no longer holds it."""
+    entry = await store.terminal_event(record.id)
+    if entry is not None:
+        return {"id": entry.id, "event": entry.event, "data": entry.data}
+    data = {"status": record.status.value, **({"error": record.error} if record.error else {})}
+    return {"event": record.status.value, "data": json.dumps(data)}
 
 
 def parse_event_id(text: str) -> str:

@@ -3,13 +3,13 @@ writes and (optionally) reads, CORS, OPTIONS, offline docs and the documented er
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from api.routes import events
 from serve.redis_server import EmbeddedRedis
 from tests.api.test_requests import app_client, model_dir  # noqa: F401  (fixture)
 
@@ -45,13 +45,35 @@ def test_a_bad_or_out_of_range_last_event_id_is_400(client: TestClient, event_id
     assert answer.status_code == 400 and "Last-Event-ID" in answer.json()["message"]
 
 
-def test_the_largest_valid_event_id_streams_cleanly(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(events, "BLOCK_MS", 100)  # the stream's idle read (5 s) before it looks at the job
+def sse_events(text: str) -> list[dict[str, str]]:
+    """The events of an SSE body, each as its fields."""
+    found = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
+        if "event" in fields:
+            found.append(fields)
+    return found
+
+
+def test_a_client_reconnecting_after_the_end_learns_how_the_job_ended(client: TestClient) -> None:
+    """At, or past, the terminal event's id: that event again, at once (it was an empty stream
+    closed after 5 s)."""
     job_id = client.post("/generate", json={"n": 1, "sampler": "ddim"}).json()["id"]
-    client.delete(f"/jobs/{job_id}")  # ended: a stream after the last possible id ends at once
-    with client.stream("GET", f"/jobs/{job_id}/events", headers={"Last-Event-ID": f"{2**64 - 1}-{2**64 - 1}"}) as r:
-        assert r.status_code == 200
-        assert "event: failed" not in r.read().decode()
+    client.delete(f"/jobs/{job_id}")  # cancelled while queued: ended
+    with client.stream("GET", f"/jobs/{job_id}/events") as whole:
+        history = sse_events(whole.read().decode())
+    assert [event["event"] for event in history][-1] == "cancelled"
+    terminal = history[-1]
+    for event_id in (terminal["id"], f"{2**64 - 1}-{2**64 - 1}"):
+        started = time.monotonic()
+        with client.stream("GET", f"/jobs/{job_id}/events", headers={"Last-Event-ID": event_id}) as again:
+            assert again.status_code == 200
+            events_again = sse_events(again.read().decode())
+        assert time.monotonic() - started < 2, "the terminal event waited for the stream's idle read"
+        assert events_again == [terminal], events_again
+    # an earlier id still gets what followed it, once
+    with client.stream("GET", f"/jobs/{job_id}/events", headers={"Last-Event-ID": history[0]["id"]}) as rest:
+        assert sse_events(rest.read().decode()) == history[1:]
 
 
 def test_docs_are_served_without_a_cdn(client: TestClient) -> None:
