@@ -27,7 +27,7 @@ from contract.layout import TERMINAL_EVENTS, JobRecord
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
-STREAM_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+STREAM_ID = re.compile(r"^([0-9]{1,20})-([0-9]{1,20})$")  # Last-Event-ID, as OpenAPI declares it
 MAX_ID_PART = 2**64 - 1  # Redis stream ids are two unsigned 64-bit numbers
 BLOCK_MS = 5000
 BATCH = 200
@@ -78,12 +78,17 @@ async def _ended(store: AsyncJobStore, record: JobRecord) -> dict:
 
 
 def parse_event_id(text: str) -> str:
-    """A ``Last-Event-ID`` checked to be a stream id Redis accepts; 400 otherwise."""
+    """A ``Last-Event-ID`` of the declared pattern (:data:`STREAM_ID`, in OpenAPI too) as a stream
+    id Redis accepts: a part past Redis' range is clamped to it (an id after every event); 400
+    for anything else."""
     match = STREAM_ID.match(text.strip())
-    if match is None or any(int(part) > MAX_ID_PART for part in match.groups()):
+    if match is None:
         shown = text if len(text) <= 60 else text[:60] + "..."
-        raise HTTPException(400, f"Last-Event-ID {shown!r} is not an event id of this API")
-    return text.strip()
+        raise HTTPException(400, f"Last-Event-ID {shown!r} is not an event id of this API (e.g. 1712345678901-0)")
+    ms, seq = (int(part) for part in match.groups())
+    if ms > MAX_ID_PART:
+        ms, seq = MAX_ID_PART, MAX_ID_PART
+    return f"{ms}-{min(seq, MAX_ID_PART)}"
 
 
 @router.get(
@@ -99,7 +104,14 @@ async def stream_events(
     job_id: JobId,
     request: Request,
     store: deps.StoreDep,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[
+        str,
+        Header(
+            alias="Last-Event-ID",
+            description="resume after this event (the SSE id of one this stream sent)",
+            json_schema_extra={"pattern": STREAM_ID.pattern},
+        ),
+    ] = None,  # type: ignore[assignment]  # optional; declared a string: a header is never null
 ) -> EventSourceResponse:
     """queued, running, progress (step, total, eta_s), preview (PNG data URI) and one terminal
     event (succeeded, failed or cancelled)."""

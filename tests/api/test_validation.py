@@ -139,7 +139,7 @@ BAD_BODIES = [
     '{"model": "\u00e9\u0000"}'.encode(),
     b"\xff\xfe\x00",
 ]
-BAD_EVENT_IDS = ["99999999999999999999999-0", "18446744073709551616-0", "-1-0", "1-", "x" * 5000, "0-0\r\nX: y"]
+BAD_EVENT_IDS = ["99999999999999999999999-0", "null", "-1-0", "1-", "x" * 5000, "0-0\r\nX: y"]
 
 
 def test_malformed_requests_get_4xx_never_5xx(client: TestClient) -> None:
