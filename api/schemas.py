@@ -100,15 +100,16 @@ class GenerateRequest(BaseModel):
 def generate_request_model(limits: Limits) -> type[GenerateRequest]:
     """:class:`GenerateRequest` with the upper bounds of ``limits`` in its fields.
 
-    ``n``'s bound here is the largest any model may get; each model's own limit (``n_limit`` in
-    ``GET /models``) is checked when the request is resolved against the model."""
+    ``n``'s bound here is the largest any model may get, declared in the schema only: each model's
+    own limit (``n_limit`` in ``GET /models``) is checked when the request is resolved against the
+    model, so a refusal gives the chosen model's own limit."""
     largest = limits.max_request_n
     return create_model(
         "GenerateRequest",
         __base__=GenerateRequest,
         __doc__=GenerateRequest.__doc__,
         n=(
-            Annotated[int, Field(strict=True, ge=1, le=largest)],
+            Annotated[int, Field(strict=True, ge=1, json_schema_extra={"maximum": largest})],
             Field(
                 min(16, largest),
                 description=f"number of samples, 1 to the model's limit (GET /models: n_limit): image models "
