@@ -78,7 +78,9 @@ class GenerateRequest(BaseModel):
         None, description="classifier-free guidance scale (default: the model's)"
     )
     seed: Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)] | None = Field(
-        None, description="base seed (sample i uses seed + i); omitted: random"
+        None,
+        description="base seed (sample i uses seed + i, and with redraws seed + n * r + i: no sample's seed may "
+        f"pass {MAX_SEED}, so the largest allowed seed is {MAX_SEED} + 1 - n * (1 + redraw rounds)); omitted: random",
     )
     model: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
         None, description="model name (see GET /models); default: the service's default model"

@@ -67,6 +67,19 @@ def test_bad_field_gets_422_naming_it(client: TestClient, body: dict, field: str
     assert "Traceback" not in response.text
 
 
+def test_a_seed_whose_samples_would_wrap_is_refused(client: TestClient) -> None:
+    """Sample i uses seed + i: seed 2**63 - 1 with n = 4 ran samples seeded 2**63 - 1, 0, 1, 2."""
+    for path, body in (("/generate", {"n": 4}), ("/v1/images/generations", {"n": 4, "prompt": "3"})):
+        answer = client.post(path, json={**body, "sampler": "ddim", "seed": 2**63 - 1})
+        assert answer.status_code in (400, 422), answer.text
+        message = answer.json()["error"]["message"] if path.startswith("/v1/") else answer.json()["message"]
+        assert "the largest allowed seed for n=4 is 9223372036854775804" in message, message
+    assert client.post("/generate", json={"n": 4, "sampler": "ddim", "seed": 2**63 - 4}).status_code == 202
+    redraws = {"n": 4, "digit": 3, "redraw_mismatches": True, "sampler": "ddim", "seed": 2**63 - 4}
+    message = client.post("/generate", json=redraws).json()["message"]
+    assert "largest allowed seed for n=4 and 2 redraw rounds is 9223372036854775796" in message
+
+
 def test_unknown_model_message_lists_the_available_ones(client: TestClient) -> None:
     payload = client.post("/generate", json={"model": "cifar"}).json()
     assert "unknown model 'cifar'" in payload["message"] and "mnist" in payload["message"]
