@@ -164,6 +164,17 @@ def _exit_now_with(status: int) -> None:
     os._exit(status)
 
 
+def root_note() -> str | None:
+    """One line on what running the worker as root means (None when it does not run as root)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    return (
+        "the worker runs as root: its tasks take JSON only (no message can run code), but any flaw in it, "
+        "a model file or a dependency would act with root's rights; prefer an unprivileged user "
+        "(the Docker images run as 'app')"
+    )
+
+
 @signals.worker_init.connect
 def _on_worker_init(**_: Any) -> None:
     atexit.register(_exit_now)  # registered first, so it runs after every other exit handler
@@ -185,6 +196,13 @@ def _on_worker_init(**_: Any) -> None:
     # thread that touches torch runs its operations alone (see keep_torch_to_this_thread)
     _state["torch_threads"] = settings.torch_threads or torch.get_num_threads()
     keep_torch_to_this_thread()
+
+
+@signals.celeryd_after_setup.connect
+def _on_worker_setup(**_: Any) -> None:
+    note = root_note()  # once logging is set up
+    if note is not None:
+        logger.warning(note)  # instead of Celery's nine-line warning (filtered in worker.celery_app)
 
 
 @signals.worker_ready.connect

@@ -1,8 +1,10 @@
 """The broker queue (``DDPM_QUEUE_NAME``): ``ddpm serve``'s worker consumes the queue its API
-sends to, and ``/readyz`` is not ready while no live worker consumes that queue (it names it)."""
+sends to, and ``/readyz`` is not ready while no live worker consumes that queue (it names it).
+Run as root, ``ddpm serve`` says so in one line, without Celery's nine-line warning."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -22,6 +24,10 @@ def test_ddpm_serve_with_a_queue_name_runs_jobs(model_dir: Path, tmp_path: Path)
             job_id = submit(client, DDIM)
             assert wait_job(client, job_id, timeout=90)["status"] == "succeeded"
         assert serve.stop() == 0
+    log = serve.log()
+    assert "superuser privileges" not in log and "--uid option" not in log  # Celery's nine-line warning
+    if os.geteuid() == 0:  # as root: one line says what it means, once
+        assert log.count("the worker runs as root") == 1, log[-3000:]
 
 
 def test_readyz_is_not_ready_while_no_worker_consumes_the_apis_queue(
