@@ -59,6 +59,11 @@ async def job_events(request: Request, store: AsyncJobStore, job_id: str, after:
                 yield {"id": entry.id, "event": entry.event, "data": entry.data}
                 if entry.event in TERMINAL_EVENTS:
                     return
+                # a turn of the event loop between events: when the client has gone, the failed
+                # write's connection_lost runs now and the server writes no more (a batch written
+                # in one go hit the closed socket again and again: asyncio's "socket.send()
+                # raised exception." once per write after the fifth)
+                await asyncio.sleep(0)
     except asyncio.CancelledError:
         logger.debug("event stream of job %s closed by the client", job_id)
         raise
