@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import redis.exceptions
-from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request
 from sse_starlette.sse import EventSourceResponse
 
 from api import deps
@@ -30,11 +30,15 @@ router = APIRouter(tags=["jobs"])
 STREAM_ID = re.compile(r"^([0-9]{1,20})-([0-9]{1,20})$")  # Last-Event-ID, as OpenAPI declares it
 MAX_ID_PART = 2**64 - 1  # Redis stream ids are two unsigned 64-bit numbers
 BLOCK_MS = 5000
+PREVIEW_EVENT = "preview"  # a PNG data URI every few steps: sent only to a stream that asks (?previews=true)
 BATCH = 200
 
 
-async def job_events(request: Request, store: AsyncJobStore, job_id: str, after: str) -> AsyncIterator[dict]:
-    """SSE events for ``job_id`` after stream id ``after`` until (and including) a terminal one.
+async def job_events(
+    request: Request, store: AsyncJobStore, job_id: str, after: str, previews: bool = False
+) -> AsyncIterator[dict]:
+    """SSE events for ``job_id`` after stream id ``after`` until (and including) a terminal one;
+    ``preview`` events (base64 PNGs) only when ``previews`` asks for them.
     A client that reconnects after the end (``after`` at or past the terminal event) gets the
     terminal event again at once, so it always learns how the job ended."""
     last = after
@@ -56,6 +60,8 @@ async def job_events(request: Request, store: AsyncJobStore, job_id: str, after:
                 continue
             for entry in entries:
                 last = entry.id
+                if entry.event == PREVIEW_EVENT and not previews:
+                    continue
                 yield {"id": entry.id, "event": entry.event, "data": entry.data}
                 if entry.event in TERMINAL_EVENTS:
                     return
@@ -109,6 +115,9 @@ async def stream_events(
     job_id: JobId,
     request: Request,
     store: deps.StoreDep,
+    previews: Annotated[
+        bool, Query(description="also send preview events (a base64 PNG of the predicted result every few steps)")
+    ] = False,
     last_event_id: Annotated[
         str,
         Header(
@@ -118,14 +127,14 @@ async def stream_events(
         ),
     ] = None,  # type: ignore[assignment]  # optional; declared a string: a header is never null
 ) -> EventSourceResponse:
-    """queued, running, progress (step, total, eta_s), preview (PNG data URI) and one terminal
-    event (succeeded, failed or cancelled)."""
+    """queued, running, progress (step, total, eta_s), redraw, with ``?previews=true`` preview
+    (a PNG data URI every few steps), and one terminal event (succeeded, failed or cancelled)."""
     await load_job(store, job_id)
     after = "0-0"
     if last_event_id:
         after = parse_event_id(last_event_id)
     return EventSourceResponse(
-        job_events(request, store, job_id, after),
+        job_events(request, store, job_id, after, previews),
         ping=10,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
