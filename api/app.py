@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (jobs, events, system, metrics, page):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    install_openapi(app, settings)  # security declared only where a key is enforced
+    install_openapi(app, settings, app.state.registry)  # security where a key is enforced; the models
     app.add_middleware(AllowedMethods, router_app=app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origin_list:

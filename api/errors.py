@@ -31,11 +31,12 @@ OPENAI_PREFIX = "/v1/"
 REFUSAL_STATE = "ddpm_refusal"  # the request state's key of a refusal's reason
 ACCEPTED_STATE = "ddpm_accepted"  # set once a job was made: a later error is no refusal
 DESCRIPTIONS = {
-    400: "a malformed header",
+    400: "a malformed header, or a body that is not valid JSON",
     401: "an API key is required",
     404: "no such job (unknown, or expired after its time to live)",
     409: "the job is not in a state that allows this",
     413: "the request body is over the limit",
+    415: "the body is not sent as application/json",
     422: "a field is invalid; the message names it (reason idempotency_mismatch: an Idempotency-Key reused)",
     429: "refused for now: reason queue_full (the service's queue is full) or rate_limited (this client's "
     "rate limit); retry after Retry-After seconds",
@@ -129,9 +130,48 @@ def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(part) for part in loc) or "body"
 
 
+def is_json(content_type: str | None) -> bool:
+    """Whether a ``Content-Type`` is JSON (``application/json`` or ``application/*+json``), as
+    FastAPI decides whether it parses a body."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def body_problem(request: Request, exc: RequestValidationError) -> tuple[int, str] | None:
+    """A body that is no JSON at all, rather than a bad field: 415 when it is not sent as JSON
+    (FastAPI then validates its raw bytes: "Input should be a valid dictionary"), 400 when it
+    does not parse (FastAPI names the character offset as if it were a field)."""
+    errors = list(exc.errors())
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            loc = list(error.get("loc", ()))
+            position = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+            why = (error.get("ctx") or {}).get("error") or error.get("msg", "")
+            where = _position(exc.body, position) if position is not None else ""
+            return 400, f"the request body is not valid JSON: {why}{where}"
+    body_errors = [error for error in errors if tuple(error.get("loc", ()))[:1] == ("body",)]
+    content_type = request.headers.get("content-type")
+    if body_errors and request.method in ("POST", "PUT", "PATCH") and not is_json(content_type):
+        got = content_type.split(";", 1)[0].strip() if content_type else "no Content-Type"
+        return 415, f"the request body must be JSON sent as Content-Type: application/json (got {got})"
+    return None
+
+
+def _position(body: Any, offset: int) -> str:
+    """`` at line L, column C (offset N)`` of ``body``: lines and columns from 1, the offset from 0."""
+    text = body.decode(errors="replace") if isinstance(body, (bytes, bytearray)) else str(body or "")
+    before = text[:offset]
+    line = before.count("\n") + 1
+    column = offset - (before.rfind("\n") + 1) + 1
+    return f" at line {line}, column {column} (offset {offset})"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problem = body_problem(request, exc)
+        if problem is not None:
+            return _answer(request, problem[0], problem[1], reason=Refusal.INVALID)
         body = validation_body(list(exc.errors()))
         field = body["detail"][0]["field"] if body["detail"] else None
         return _answer(request, 422, body["message"], reason=Refusal.INVALID, field=field, detail=body["detail"])

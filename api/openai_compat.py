@@ -96,11 +96,12 @@ class OpenAIError(BaseModel):
 
 
 OPENAI_DESCRIPTIONS = {
-    400: "an invalid parameter (param names it) or a malformed header",
+    400: "an invalid parameter (param names it), a malformed header or a body that is not valid JSON",
     401: "an API key is required (Authorization: Bearer)",
     404: "no such model (code model_not_found) or job",
     409: "the job was cancelled",
     413: "the request body is over the limit",
+    415: "the body is not sent as application/json",
     422: "an Idempotency-Key reused with another body (code idempotency_mismatch)",
     429: "refused for now: code rate_limit_exceeded (this client's rate limit) or queue_full; retry after "
     "Retry-After seconds",

@@ -13,6 +13,7 @@ from contract.samples import sample_kind
 from contract.settings import Limits
 from contract.spec import MAX_REDRAW_ROUNDS, JobSpec
 from ddpm_core.sampler_specs import check_class_label, sampler_spec
+from ddpm_core.seeds import seed_problem
 
 DEFAULT_N = 16
 LISTED_CLASSES = 20  # an error lists at most this many class names
@@ -42,16 +43,21 @@ def resolve_spec(request: GenerateRequest, model: ModelInfo, limits: Limits) -> 
         guidance = 0.0  # an unconditional model has nothing to guide towards
     if request.redraw_mismatches and class_index is None:
         raise FieldError("redraw_mismatches", "needs a class: unconditional samples have no class to match")
+    redraw_rounds = MAX_REDRAW_ROUNDS if request.redraw_mismatches else 0
+    seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+    problem = seed_problem(seed, n, redraw_rounds)
+    if problem is not None:
+        raise FieldError("seed", problem)
     return JobSpec(
         model=model.name,
         weights_sha256=model.weights_sha256,
         sampler=request.sampler,
         steps=steps,
         guidance=float(guidance),
-        seed=request.seed if request.seed is not None else secrets.randbelow(2**31),
+        seed=seed,
         digit=class_index,  # the wire name of the class index (workers read spec.digit)
         n=n,
-        redraw_rounds=MAX_REDRAW_ROUNDS if request.redraw_mismatches else 0,
+        redraw_rounds=redraw_rounds,
     )
 
 

@@ -78,7 +78,9 @@ class GenerateRequest(BaseModel):
         None, description="classifier-free guidance scale (default: the model's)"
     )
     seed: Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)] | None = Field(
-        None, description="base seed (sample i uses seed + i); omitted: random"
+        None,
+        description="base seed (sample i uses seed + i, and with redraws seed + n * r + i: no sample's seed may "
+        f"pass {MAX_SEED}, so the largest allowed seed is {MAX_SEED} + 1 - n * (1 + redraw rounds)); omitted: random",
     )
     model: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
         None, description="model name (see GET /models); default: the service's default model"
@@ -100,15 +102,16 @@ class GenerateRequest(BaseModel):
 def generate_request_model(limits: Limits) -> type[GenerateRequest]:
     """:class:`GenerateRequest` with the upper bounds of ``limits`` in its fields.
 
-    ``n``'s bound here is the largest any model may get; each model's own limit (``n_limit`` in
-    ``GET /models``) is checked when the request is resolved against the model."""
+    ``n``'s bound here is the largest any model may get, declared in the schema only: each model's
+    own limit (``n_limit`` in ``GET /models``) is checked when the request is resolved against the
+    model, so a refusal gives the chosen model's own limit."""
     largest = limits.max_request_n
     return create_model(
         "GenerateRequest",
         __base__=GenerateRequest,
         __doc__=GenerateRequest.__doc__,
         n=(
-            Annotated[int, Field(strict=True, ge=1, le=largest)],
+            Annotated[int, Field(strict=True, ge=1, json_schema_extra={"maximum": largest})],
             Field(
                 min(16, largest),
                 description=f"number of samples, 1 to the model's limit (GET /models: n_limit): image models "
@@ -360,7 +363,8 @@ class Readiness(BaseModel):
 
     status: str
     reason: str | None = None
-    workers: int | None = None
+    queue: str | None = Field(None, description="the broker queue jobs are sent to (DDPM_QUEUE_NAME)")
+    workers: int | None = Field(None, description="live workers that consume that queue")
     queued: int | None = None
     compiled_buckets: int | None = Field(None, description="compiled forward buckets, all live workers together")
     buckets: int | None = Field(None, description="forward buckets, all live workers together")

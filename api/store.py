@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from contract.layout import JobRecord, Keys
+from contract.layout import TERMINAL_EVENTS, JobRecord, Keys
 from contract.spec import JobSpec
 from contract.transitions import Transitions
 from contract.webhooks import WebhookDelivery, WebhookKeys
+
+TERMINAL_LOOKBACK = 8  # the newest stream entries searched for the terminal event
 
 
 class QueueFull(Exception):
@@ -199,6 +201,15 @@ class AsyncJobStore:
             StreamEntry(entry_id, fields.get("event", "message"), fields.get("data", "{}"))
             for entry_id, fields in reply[0][1]
         ]
+
+    async def terminal_event(self, job_id: str) -> StreamEntry | None:
+        """The job's terminal event, the latest of its stream (None before it ended, or when its
+        stream is gone)."""
+        reply = await self._client.xrevrange(self.keys.events(job_id), count=TERMINAL_LOOKBACK)
+        for entry_id, fields in reply:
+            if fields.get("event") in TERMINAL_EVENTS:
+                return StreamEntry(entry_id, fields["event"], fields.get("data", "{}"))
+        return None
 
     async def live_workers(self, fresh_s: float) -> list[str]:
         """Workers that reported within the last ``fresh_s`` seconds."""

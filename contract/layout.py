@@ -20,7 +20,7 @@ the queue cap), ``{p}:running`` (set of running ids, for recovering jobs of dead
 ``{p}:workers`` (sorted set of worker names by last heartbeat, for ``/readyz``); per worker,
 ``{p}:worker-stats:{name}`` (hash of its engine's counters, while it reports; its field
 ``row_seconds`` holds each model's recent seconds per forward row of its engine's ticks, by
-weights, for ``GET /models``).
+weights, for ``GET /models``; its field ``queues`` the queues it consumes, for ``/readyz``).
 
 Every status change goes through one of the scripts in :mod:`contract.transitions`.
 """
@@ -40,6 +40,7 @@ from contract.spec import JobSpec
 CHECK_FIELD = "check"
 TIMINGS_FIELD = "timings"  # the worker's phases of a succeeded job (JobTimings as JSON)
 ROW_SECONDS_FIELD = "row_seconds"  # of a worker-stats hash: {weights_sha256: seconds per forward row} as JSON
+QUEUES_FIELD = "queues"  # of a worker-stats hash: the broker queues the worker consumes, comma-separated
 WEBHOOK_FIELD = "webhook_url"  # read by the transition scripts: a job that ends with it gets a delivery
 
 
@@ -308,3 +309,13 @@ def decode_row_seconds(text: str | None) -> dict[str, float]:
     if not isinstance(values, dict):
         return {}
     return {str(key): float(value) for key, value in values.items() if isinstance(value, (int, float)) and value > 0}
+
+
+def encode_queues(queues: list[str]) -> str:
+    """The queues a worker consumes, for its stats hash."""
+    return ",".join(sorted(queues))
+
+
+def decode_queues(text: str | None) -> set[str]:
+    """:func:`encode_queues`' value back (empty for a missing field: a worker that has not said)."""
+    return {name for name in (text or "").split(",") if name}

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ddpm_core.sampler_specs import SAMPLER_NAMES, describe_samplers
+from ddpm_core.seeds import MAX_SEED, check_seed
 
-MAX_SEED = 2**63 - 1
+__all__ = ["MAX_REDRAW_ROUNDS", "MAX_SEED", "JobSpec", "Sampler"]
 MAX_REDRAW_ROUNDS = 2  # rounds of redrawing the samples the digit check reads as another digit
 Sampler = Literal[SAMPLER_NAMES]  # the registry's names (ddpm_core.sampler_specs), as one type
 
@@ -42,6 +43,12 @@ class JobSpec(BaseModel):
         "round r draws sample i again with seed + n * r + i",
     )
 
+    @model_validator(mode="after")
+    def _sample_seeds_fit(self) -> JobSpec:
+        """Every sample's seed (``seed + n * r + i``) is a seed of its own: none wraps around."""
+        check_seed(self.seed, self.n, self.redraw_rounds)
+        return self
+
     def to_json(self) -> str:
         return self.model_dump_json()
 
@@ -51,7 +58,7 @@ class JobSpec(BaseModel):
 
     def sample_seed(self, index: int, redraw_round: int = 0) -> int:
         """The seed of sample ``index`` as drawn in ``redraw_round`` (0: the first draw, seed + i)."""
-        return (self.seed + self.n * redraw_round + index) % (MAX_SEED + 1)
+        return self.seed + self.n * redraw_round + index  # within MAX_SEED: checked when made
 
     @property
     def class_labels(self) -> list[int] | None:

@@ -22,6 +22,7 @@ from torch import nn
 from ddpm_core.errors import GenerationCancelled  # also importable from here, as before
 from ddpm_core.sampler_specs import MAX_HISTORY, check_class_label
 from ddpm_core.samplers import SamplerOutput, SpacedSampler, apply_step, randn_like
+from ddpm_core.seeds import check_seed
 
 
 @dataclass
@@ -69,7 +70,11 @@ def sample_generators(
     callers that pass it and ignored): a sample's noise then depends only on its seed and step,
     never on its batch or on the device, so a seed gives the same sample on a CPU and a GPU
     worker (up to the model's float noise), and a checked sample's seed replays with the CLI."""
-    seeds = [int(seed) + i for i in range(num_samples)] if isinstance(seed, int) else [int(s) for s in seed]
+    if isinstance(seed, int):
+        check_seed(seed, num_samples)  # seed + i never wraps around: ValueError, in one line
+        seeds = [seed + i for i in range(num_samples)]
+    else:
+        seeds = [int(s) for s in seed]
     if len(seeds) != num_samples:
         raise ValueError(f"{len(seeds)} seeds for {num_samples} samples")
     return [torch.Generator(device="cpu").manual_seed(s % 2**63) for s in seeds]

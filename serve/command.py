@@ -125,6 +125,13 @@ def api_command(host: str, port: int) -> list[str]:
     ]
 
 
+def _queue_name() -> str:
+    """The broker queue the API sends jobs to (``DDPM_QUEUE_NAME``, read as the API reads it)."""
+    from contract.settings import Settings
+
+    return Settings().queue_name
+
+
 def _warn_without_models(env: dict[str, str]) -> None:
     """Say so at start when there is nothing to serve (the page would offer no model)."""
     from contract.settings import Settings
@@ -259,7 +266,9 @@ def run(args: argparse.Namespace) -> int:
         env["DDPM_JOBS_IN_FLIGHT"] = str(args.jobs_in_flight)
     # compiled forwards are kept in the data directory: a second start is fast at once
     env.setdefault("DDPM_COMPILE_CACHE_DIR", str(args.data_dir.expanduser().resolve() / "compile-cache"))
-    children.append(ProcessChild("worker", worker_command(), env, grace=args.worker_grace, on_exit=_worker_exited(env)))
+    # the worker consumes the queue the API sends to (DDPM_QUEUE_NAME)
+    worker = worker_command(queue=_queue_name())
+    children.append(ProcessChild("worker", worker, env, grace=args.worker_grace, on_exit=_worker_exited(env)))
     children.append(ProcessChild("API", api_command(args.host, args.port), env, grace=API_GRACE_S))
     supervisor = Supervisor(children, RestartPolicy())
 

@@ -71,10 +71,10 @@ class WorkerHousekeeping(threading.Thread):
         judge_after = 0.0
         while True:
             try:
-                store.worker_alive(self.worker)
                 fields = self.report() if self.report is not None else {}
-                if fields:
+                if fields:  # before the name: a live worker is never seen without its queues
                     store.worker_stats(self.worker, fields)
+                store.worker_alive(self.worker)
                 if time.monotonic() < judge_after:
                     raise _Settling
                 for record in store.requeue_abandoned():

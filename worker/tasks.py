@@ -19,7 +19,7 @@ from typing import Any
 
 from celery import signals
 
-from contract.layout import ROW_SECONDS_FIELD, encode_row_seconds, worker_name
+from contract.layout import QUEUES_FIELD, ROW_SECONDS_FIELD, encode_queues, encode_row_seconds, worker_name
 from contract.registry import ModelRegistry
 from contract.settings import get_settings
 from contract.spec import JobSpec
@@ -109,6 +109,7 @@ def _report() -> dict[str, str]:
     from worker.housekeeping import stats_fields
 
     fields = {"device": str(_state["device"])} if "device" in _state else {}
+    fields[QUEUES_FIELD] = encode_queues(_state.get("queues", []))  # /readyz: who consumes the API's queue
     engines = _state.get("engines")
     if engines is not None:
         stats = engines.stats()
@@ -163,6 +164,17 @@ def _exit_now_with(status: int) -> None:
     os._exit(status)
 
 
+def root_note() -> str | None:
+    """One line on what running the worker as root means (None when it does not run as root)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    return (
+        "the worker runs as root: its tasks take JSON only (no message can run code), but any flaw in it, "
+        "a model file or a dependency would act with root's rights; prefer an unprivileged user "
+        "(the Docker images run as 'app')"
+    )
+
+
 @signals.worker_init.connect
 def _on_worker_init(**_: Any) -> None:
     atexit.register(_exit_now)  # registered first, so it runs after every other exit handler
@@ -186,9 +198,17 @@ def _on_worker_init(**_: Any) -> None:
     keep_torch_to_this_thread()
 
 
+@signals.celeryd_after_setup.connect
+def _on_worker_setup(**_: Any) -> None:
+    note = root_note()  # once logging is set up
+    if note is not None:
+        logger.warning(note)  # instead of Celery's nine-line warning (filtered in worker.celery_app)
+
+
 @signals.worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     _warm_default_model()  # before the worker announces itself: /readyz waits for the model
+    _state["queues"] = list(app.amqp.queues.consume_from)  # --queues, else the configured queue
     thread = WorkerHousekeeping(
         WORKER_NAME,
         get_settings(),
@@ -197,7 +217,12 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     )
     _state["housekeeping"] = thread
     thread.start()
-    logger.info("worker %s ready: up to %d jobs in flight", WORKER_NAME, get_settings().jobs_in_flight)
+    logger.info(
+        "worker %s ready on queue %s: up to %d jobs in flight",
+        WORKER_NAME,
+        encode_queues(_state["queues"]),
+        get_settings().jobs_in_flight,
+    )
 
 
 @signals.worker_shutdown.connect

@@ -28,7 +28,7 @@ def build_router(limits: Limits) -> APIRouter:
         status_code=202,
         response_model=JobAccepted,
         dependencies=[Depends(deps.require_api_key)],
-        responses=responses(400, 401, 413, 422, 429, 503),
+        responses=responses(400, 401, 413, 415, 422, 429, 503),
     )
     async def submit(
         body: Annotated[request_model, Body()],  # type: ignore[valid-type]

@@ -61,7 +61,7 @@ def build_router(limits: Limits) -> APIRouter:
         response_model=ImagesResponse,
         response_model_exclude_none=True,
         dependencies=[Depends(deps.require_api_key)],
-        responses=openai_responses(400, 401, 404, 409, 413, 422, 429, 500, 503, 504),
+        responses=openai_responses(400, 401, 404, 409, 413, 415, 422, 429, 500, 503, 504),
     )
     async def generate_images(
         body: Annotated[request_model, Body()],  # type: ignore[valid-type]

@@ -1,5 +1,5 @@
 """``GET /models``, ``GET /auth`` (which requests need an API key), ``GET /healthz`` (alive) and
-``GET /readyz`` (Redis and a worker)."""
+``GET /readyz`` (Redis and a worker that consumes the API's queue)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from api import deps
 from api.schemas import Health, KeyRequirements, ModelList, ModelView, Readiness, WorkerReadiness
 from contract.checkable import check_plan
-from contract.layout import ROW_SECONDS_FIELD, decode_row_seconds
+from contract.layout import QUEUES_FIELD, ROW_SECONDS_FIELD, decode_queues, decode_row_seconds
 from contract.registry import ModelRegistry
 from contract.settings import Settings
 
@@ -66,10 +66,12 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "Redis unreachable or no worker"}},
+    responses={503: {"model": Readiness, "description": "Redis unreachable, or no live worker on the API's queue"}},
 )
 async def readyz(response: Response, store: deps.StoreDep, settings: deps.SettingsDep) -> Readiness:
-    """Ready when Redis answers and at least one worker reported recently."""
+    """Ready when Redis answers and at least one worker that consumes the queue the API sends
+    jobs to (``DDPM_QUEUE_NAME``) reported recently: the workers' heartbeats in Redis say which
+    queues each consumes."""
     try:
         await asyncio.wait_for(store.ping(), timeout=3)
         workers = await asyncio.wait_for(store.live_workers(settings.worker_dead_after_s), timeout=3)
@@ -79,14 +81,30 @@ async def readyz(response: Response, store: deps.StoreDep, settings: deps.Settin
         response.status_code = 503
         reason = f"Redis is unreachable: {type(error).__name__}: {error}".rstrip(": ")
         return Readiness(status="unavailable", reason=reason)
+    queue = settings.queue_name
     if not workers:
         response.status_code = 503
         return Readiness(
-            status="unavailable", reason=f"no worker has reported in the last {settings.worker_dead_after_s:g} s"
+            status="unavailable",
+            queue=queue,
+            reason=f"no worker has reported in the last {settings.worker_dead_after_s:g} s",
         )
+    elsewhere = {name for name in workers if queue not in decode_queues(reports.get(name, {}).get(QUEUES_FIELD))}
+    if len(elsewhere) == len(workers):
+        response.status_code = 503
+        others = sorted(set().union(*(decode_queues(reports.get(name, {}).get(QUEUES_FIELD)) for name in workers)))
+        return Readiness(
+            status="unavailable",
+            queue=queue,
+            workers=0,
+            reason=f"no live worker consumes the queue {queue!r} that jobs are sent to (DDPM_QUEUE_NAME); "
+            f"live workers consume: {', '.join(others) or 'nothing reported yet'}",
+        )
+    workers = [name for name in workers if name not in elsewhere]
     details = [_worker(name, reports.get(name, {})) for name in sorted(workers)]
     return Readiness(
         status="ready",
+        queue=queue,
         workers=len(workers),
         queued=queued,
         compiled_buckets=sum(worker.compiled_buckets for worker in details),

@@ -236,7 +236,7 @@ function authHeaders() {
 // EventSource and <img> cannot send headers: reads protected by an API key take it as ?api_key=
 function withKey(url) {
   const key = apiKey();
-  return key ? `${url}?api_key=${encodeURIComponent(key)}` : url;
+  return key ? `${url}${url.includes("?") ? "&" : "?"}api_key=${encodeURIComponent(key)}` : url;
 }
 
 async function submit(event) {
@@ -320,7 +320,7 @@ function follow(jobId) {
   $("check").hidden = true;
   setStatus("queued");
   watchQueue(jobId);
-  source = new EventSource(withKey(`/jobs/${jobId}/events`));
+  source = new EventSource(withKey(`/jobs/${jobId}/events?previews=true`));
   source.addEventListener("queued", () => {
     if (queuePoll === null) watchQueue(jobId);  // queued again: its worker stopped
     setStatus("queued");

@@ -3,13 +3,15 @@ writes and (optionally) reads, CORS, OPTIONS, offline docs and the documented er
 
 from __future__ import annotations
 
+import re
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from api.routes import events
 from serve.redis_server import EmbeddedRedis
 from tests.api.test_requests import app_client, model_dir  # noqa: F401  (fixture)
 
@@ -36,22 +38,82 @@ def test_a_body_over_the_limit_is_refused_with_413(client: TestClient) -> None:
     assert client.post("/generate", json={"n": 1, "sampler": "ddim"}).status_code == 202  # small bodies pass
 
 
-@pytest.mark.parametrize(
-    "event_id", ["99999999999999999999999-0", "18446744073709551616-0", "1-99999999999999999999", "abc", "1-2-3"]
-)
+@pytest.mark.parametrize("event_id", ["99999999999999999999999-0", "null", "abc", "1-2-3", "1-"])
 def test_a_bad_or_out_of_range_last_event_id_is_400(client: TestClient, event_id: str) -> None:
     job_id = client.post("/generate", json={"n": 1, "sampler": "ddim"}).json()["id"]
     answer = client.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": event_id})
     assert answer.status_code == 400 and "Last-Event-ID" in answer.json()["message"]
 
 
-def test_the_largest_valid_event_id_streams_cleanly(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(events, "BLOCK_MS", 100)  # the stream's idle read (5 s) before it looks at the job
+def sse_events(text: str) -> list[dict[str, str]]:
+    """The events of an SSE body, each as its fields."""
+    found = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
+        if "event" in fields:
+            found.append(fields)
+    return found
+
+
+def test_a_client_reconnecting_after_the_end_learns_how_the_job_ended(client: TestClient) -> None:
+    """At, or past, the terminal event's id: that event again, at once (it was an empty stream
+    closed after 5 s)."""
     job_id = client.post("/generate", json={"n": 1, "sampler": "ddim"}).json()["id"]
-    client.delete(f"/jobs/{job_id}")  # ended: a stream after the last possible id ends at once
-    with client.stream("GET", f"/jobs/{job_id}/events", headers={"Last-Event-ID": f"{2**64 - 1}-{2**64 - 1}"}) as r:
-        assert r.status_code == 200
-        assert "event: failed" not in r.read().decode()
+    client.delete(f"/jobs/{job_id}")  # cancelled while queued: ended
+    with client.stream("GET", f"/jobs/{job_id}/events") as whole:
+        history = sse_events(whole.read().decode())
+    assert [event["event"] for event in history][-1] == "cancelled"
+    terminal = history[-1]
+    for event_id in (terminal["id"], f"{2**64 - 1}-{2**64 - 1}"):
+        started = time.monotonic()
+        with client.stream("GET", f"/jobs/{job_id}/events", headers={"Last-Event-ID": event_id}) as again:
+            assert again.status_code == 200
+            events_again = sse_events(again.read().decode())
+        assert time.monotonic() - started < 2, "the terminal event waited for the stream's idle read"
+        assert events_again == [terminal], events_again
+    # an earlier id still gets what followed it, once
+    with client.stream("GET", f"/jobs/{job_id}/events", headers={"Last-Event-ID": history[0]["id"]}) as rest:
+        assert sse_events(rest.read().decode()) == history[1:]
+
+
+def model_enum(spec: dict, body: str) -> list[str]:
+    """The names a request body's ``model`` may take, as OpenAPI declares them."""
+    field = spec["components"]["schemas"][body]["properties"]["model"]
+    return next(branch["enum"] for branch in field["anyOf"] if branch.get("type") == "string")
+
+
+def test_openapi_declares_what_the_api_accepts(redis_server: EmbeddedRedis, model_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A request the schema allows is never refused for what the schema could say: the
+    Last-Event-ID header's pattern (``null`` was allowed, then refused with 400) and the models on
+    offer as ``model``'s enum (``"0"`` was allowed, then refused with 422), following the model
+    directory."""
+    directory = tmp_path / "models"
+    directory.mkdir()
+    shutil.copyfile(model_dir / "mnist.safetensors", directory / "mnist.safetensors")
+    for client, _ in app_client(redis_server, directory):
+        spec = client.get("/openapi.json").json()
+        (header,) = [p for p in spec["paths"]["/jobs/{job_id}/events"]["get"]["parameters"] if p["in"] == "header"]
+        assert header["name"] == "Last-Event-ID" and header["schema"]["type"] == "string"
+        pattern = re.compile(header["schema"]["pattern"])
+        assert not pattern.search("null") and not pattern.search("abc")
+        job_id = client.post("/generate", json={"n": 1, "sampler": "ddim"}).json()["id"]
+        client.delete(f"/jobs/{job_id}")  # ended: every stream below ends at once
+        for event_id in ("0-0", "1-2", f"{2**64}-0", "9" * 20 + "-" + "9" * 20):  # schema-valid ids
+            assert pattern.search(event_id)
+            with client.stream("GET", f"/jobs/{job_id}/events", headers={"Last-Event-ID": event_id}) as answer:
+                assert answer.status_code == 200, event_id
+                assert "event: cancelled" in answer.read().decode()
+
+        assert model_enum(spec, "GenerateRequest") == model_enum(spec, "ImagesRequest") == ["mnist"]
+        assert client.post("/generate", json={"model": "mnist", "n": 1, "sampler": "ddim"}).status_code == 202
+        # a model added (or removed) is in (or out of) the schema at once
+        shutil.copyfile(directory / "mnist.safetensors", directory / "digits.safetensors")
+        spec = client.get("/openapi.json").json()
+        assert model_enum(spec, "GenerateRequest") == ["digits", "mnist"]
+        assert client.post("/generate", json={"model": "digits", "n": 1, "sampler": "ddim"}).status_code == 202
+        (directory / "digits.safetensors").unlink()
+        spec = client.get("/openapi.json").json()
+        assert model_enum(spec, "GenerateRequest") == ["mnist"]
 
 
 def test_docs_are_served_without_a_cdn(client: TestClient) -> None:

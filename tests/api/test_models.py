@@ -204,7 +204,11 @@ def test_each_model_has_its_own_sample_limit(client: TestClient, redis_server: E
     assert "DDPM_MAX_PIXELS_PER_JOB=65536" in message
     assert "must be at most 64 for model 'mnist'" in refused(client, {"model": "mnist", "n": 65}, "n")
     assert stored_spec(client, redis_server, {"model": "board", "n": 10000, **ddim})["n"] == 10000
-    refused(client, {"model": "board", "n": 10001}, "n")  # over every model's limit: the schema's bound
+    assert "must be at most 10000 for model 'board'" in refused(client, {"model": "board", "n": 10001}, "n")
+    # over every model's limit (the schema's bound): still the chosen model's own limit, not the points'
+    message = refused(client, {"model": "mnist", "digit": 3, "n": 100000}, "n")
+    assert "must be at most 64 for model 'mnist'" in message and "10000" not in message
+    assert "at most 16 for model 'flowers'" in refused(client, {"model": "flowers", "n": 10**30}, "n")
     # n left out: 16, or the model's limit when lower
     assert stored_spec(client, redis_server, {"model": "board", **ddim})["n"] == 16
 

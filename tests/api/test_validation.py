@@ -67,16 +67,58 @@ def test_bad_field_gets_422_naming_it(client: TestClient, body: dict, field: str
     assert "Traceback" not in response.text
 
 
+def test_a_seed_whose_samples_would_wrap_is_refused(client: TestClient) -> None:
+    """Sample i uses seed + i: seed 2**63 - 1 with n = 4 ran samples seeded 2**63 - 1, 0, 1, 2."""
+    for path, body in (("/generate", {"n": 4}), ("/v1/images/generations", {"n": 4, "prompt": "3"})):
+        answer = client.post(path, json={**body, "sampler": "ddim", "seed": 2**63 - 1})
+        assert answer.status_code in (400, 422), answer.text
+        message = answer.json()["error"]["message"] if path.startswith("/v1/") else answer.json()["message"]
+        assert "the largest allowed seed for n=4 is 9223372036854775804" in message, message
+    assert client.post("/generate", json={"n": 4, "sampler": "ddim", "seed": 2**63 - 4}).status_code == 202
+    redraws = {"n": 4, "digit": 3, "redraw_mismatches": True, "sampler": "ddim", "seed": 2**63 - 4}
+    message = client.post("/generate", json=redraws).json()["message"]
+    assert "largest allowed seed for n=4 and 2 redraw rounds is 9223372036854775796" in message
+
+
 def test_unknown_model_message_lists_the_available_ones(client: TestClient) -> None:
     payload = client.post("/generate", json={"model": "cifar"}).json()
     assert "unknown model 'cifar'" in payload["message"] and "mnist" in payload["message"]
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b""])
-def test_malformed_body_gets_422(client: TestClient, content: bytes) -> None:
+@pytest.mark.parametrize("content", [b"[1, 2]", b""])
+def test_a_body_of_the_wrong_shape_gets_422(client: TestClient, content: bytes) -> None:
     response = client.post("/generate", content=content, headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert response.json()["message"].startswith("invalid request")
+
+
+@pytest.mark.parametrize("path", ["/generate", "/v1/images/generations"])
+def test_a_body_that_is_no_json_says_so(client: TestClient, path: str) -> None:
+    """Not "Input should be a valid dictionary" (text/plain), nor a character offset shown as a
+    field name (malformed JSON): what is wrong with the body, in the path's error shape."""
+    openai = path.startswith("/v1/")
+
+    def message(answer: httpx.Response) -> str:
+        assert "Traceback" not in answer.text
+        return answer.json()["error"]["message"] if openai else answer.json()["message"]
+
+    for headers in ({"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}, {}):
+        answer = client.post(path, content=b'{"digit": 3, "prompt": "3"}', headers=headers)
+        assert answer.status_code == 415, answer.text
+        assert "application/json" in message(answer) and "valid dictionary" not in message(answer)
+    answer = client.post(path, content=b'{"digit": 3,,}', headers={"content-type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    assert message(answer).startswith("the request body is not valid JSON: ")
+    assert "at line 1, column 13 (offset 12)" in message(answer)
+    if openai:
+        assert answer.json()["error"]["param"] is None
+    else:
+        assert answer.json()["detail"] is None  # no character offset shown as a field
+    answer = client.post(path, content=b'{\n  "digit": 3\n  "n": 2}', headers={"content-type": "application/json"})
+    assert answer.status_code == 400 and "at line 3, column 3 " in message(answer), answer.text
+    # JSON with a charset or a +json type is JSON
+    answer = client.post(path, content=b'{"digit": 99}', headers={"content-type": "application/json; charset=utf-8"})
+    assert answer.status_code in (400, 422) and "digit" in answer.text
 
 
 @pytest.mark.parametrize("path", ["/jobs/{}", "/jobs/{}/png", "/jobs/{}/gif", "/jobs/{}/events"])
@@ -110,7 +152,7 @@ BAD_BODIES = [
     '{"model": "\u00e9\u0000"}'.encode(),
     b"\xff\xfe\x00",
 ]
-BAD_EVENT_IDS = ["99999999999999999999999-0", "18446744073709551616-0", "-1-0", "1-", "x" * 5000, "0-0\r\nX: y"]
+BAD_EVENT_IDS = ["99999999999999999999999-0", "null", "-1-0", "1-", "x" * 5000, "0-0\r\nX: y"]
 
 
 def test_malformed_requests_get_4xx_never_5xx(client: TestClient) -> None:

@@ -189,6 +189,7 @@ def in_process(capsys, *args):
         (["--checkpoint", "{run}"], "nothing to write"),
         (["--checkpoint", "{pickle}", "--png", "x.png"], "pickle"),
         (["--checkpoint", "{uncond}", "--digit", "1", "--png", "x.png"], "unconditional"),
+        (["--checkpoint", "{run}", "--n", "4", "--seed", str(2**63 - 1), "--png", "x.png"], "largest allowed seed"),
     ],
 )
 def test_sample_errors_are_one_clear_line(tmp_path, monkeypatch, capsys, args, message):

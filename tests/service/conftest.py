@@ -265,14 +265,20 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
 
 
 def read_events(
-    client: httpx.Client, job_id: str, last_event_id: str | None = None, limit: int | None = None
+    client: httpx.Client,
+    job_id: str,
+    last_event_id: str | None = None,
+    limit: int | None = None,
+    previews: bool = False,
 ) -> list[dict]:
-    """Parse the SSE stream of a job into [{id, event, data}], stopping after ``limit`` events."""
+    """Parse the SSE stream of a job into [{id, event, data}], stopping after ``limit`` events;
+    with its preview events when ``previews``."""
     import json
 
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     events: list[dict] = []
-    with client.stream("GET", f"/jobs/{job_id}/events", headers=headers, timeout=60) as response:
+    params = {"previews": "true"} if previews else {}
+    with client.stream("GET", f"/jobs/{job_id}/events", headers=headers, params=params, timeout=60) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
         current: dict = {}

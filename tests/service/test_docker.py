@@ -201,3 +201,18 @@ def test_the_metrics_profile_runs_prometheus_scraping_the_api_with_its_key(compo
     assert f"> {job['authorization']['credentials_file']}" in entrypoint  # the file the key is written to
     assert "--config.file=/etc/prometheus/prometheus.yml" in entrypoint
     assert "prometheus-data" in compose["volumes"]
+
+
+@pytest.mark.parametrize("name", ["api.Dockerfile", "worker.Dockerfile", "worker-cpu.Dockerfile"])
+def test_images_run_as_a_user_who_can_write_their_caches(name: str) -> None:
+    """Not root (Celery warned in nine lines at every start), with a home (caches of torch and
+    pip) and the compile cache directory its own."""
+    instructions = dockerfile_instructions(name)
+    users = [arguments for instruction, arguments in instructions if instruction == "USER"]
+    assert users and users[-1] not in ("root", "0"), users
+    run = " ".join(arguments for instruction, arguments in instructions if instruction == "RUN")
+    assert f"useradd --create-home --uid 10001 {users[-1]}" in run
+    env = " ".join(arguments for instruction, arguments in instructions if instruction == "ENV")
+    cache = re.search(r"DDPM_COMPILE_CACHE_DIR=(\S+)", env)
+    if cache is not None:
+        assert f"chown {users[-1]} {cache.group(1)}" in run

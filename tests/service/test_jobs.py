@@ -28,7 +28,7 @@ def test_generate_streams_progress_and_returns_png_and_gif(client: httpx.Client)
     assert job["location"] == f"/jobs/{job['id']}"
     assert set(job["links"]) == {"self", "events", "png", "gif"}
 
-    events = read_events(client, job["id"])
+    events = read_events(client, job["id"], previews=True)
     kinds = [event["event"] for event in events]
     assert kinds[0] == "queued"
     assert "running" in kinds
@@ -40,6 +40,9 @@ def test_generate_streams_progress_and_returns_png_and_gif(client: httpx.Client)
     assert previews and previews[0]["data"]["image"].startswith("data:image/png;base64,")
     ids = [event["id"] for event in events]
     assert len(set(ids)) == len(ids)
+    # previews are opt-in: a plain stream (curl -N .../events) has every other event, no base64
+    plain = read_events(client, job["id"])
+    assert plain == [event for event in events if event["event"] != "preview"]
 
     record = client.get(f"/jobs/{job['id']}").json()
     assert record["status"] == "succeeded"

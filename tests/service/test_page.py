@@ -28,6 +28,8 @@ def test_page_generates_and_shows_the_grid_and_gif(browser, base_url: str) -> No
     from selenium.webdriver.support.ui import WebDriverWait
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    api_log = ARTIFACTS / "api.log"
+    log_start = api_log.stat().st_size
     browser.get(base_url + "/")
     wait = WebDriverWait(browser, 120, poll_frequency=0.2)
     wait.until(lambda driver: len(driver.find_elements(By.CSS_SELECTOR, "#digit option")) == 11)
@@ -114,6 +116,8 @@ def test_page_generates_and_shows_the_grid_and_gif(browser, base_url: str) -> No
     assert summary == "Not checked: no classifier file mnist_classifier.safetensors."
     assert not browser.find_element(By.ID, "check-table").is_displayed()
     assert console_errors(browser) == []
+    # the page shows previews, which a stream sends only when asked
+    assert "/events?previews=true HTTP" in api_log.read_bytes()[log_start:].decode(errors="replace")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import redis
 import torch
+from pydantic import ValidationError
 
 from contract.layout import CHECK_FIELD, DigitCheck, JobRecord, Keys, new_job_fields
 from contract.settings import Settings
@@ -172,10 +173,14 @@ def test_redrawing_stops_after_the_last_round_and_when_all_match() -> None:
     assert [(sample.digit, sample.matches) for sample in check.samples] == [(8, None), (2, None), (1, None)]
 
 
-def test_seeds_wrap_like_the_generators() -> None:
-    spec = spec_of(seed=2**63 - 2, n=4)
-    assert [spec.sample_seed(i) for i in range(4)] == [2**63 - 2, 2**63 - 1, 0, 1]
-    assert spec.sample_seed(1, 2) == (2**63 - 2 + 8 + 1) % 2**63
+def test_sample_seeds_never_wrap() -> None:
+    """A spec whose samples' seeds would pass 2**63 - 1 is refused (they wrapped to 0, 1, ...)."""
+    spec = spec_of(seed=2**63 - 4, n=4)
+    assert [spec.sample_seed(i) for i in range(4)] == [2**63 - 4, 2**63 - 3, 2**63 - 2, 2**63 - 1]
+    for seed, n, rounds in ((2**63 - 1, 4, 0), (2**63 - 4, 2, 2)):
+        with pytest.raises(ValidationError, match=f"largest allowed seed for n={n}"):
+            spec_of(seed=seed, n=n, redraw_rounds=rounds)
+    assert spec_of(seed=2**63 - 6, n=2, redraw_rounds=2).sample_seed(1, 2) == 2**63 - 1
 
 
 # ------------------------------------------------------------------ the real classifier and engine
