@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from contract.settings import Settings
 from ddpm_core.checkpoint_header import file_sha256, inference_defaults, read_checkpoint_info
 from ddpm_core.errors import CheckpointError
+from ddpm_core.evaluation.pairing import CLASSIFIER_SUFFIX
 from ddpm_core.history import trained_steps
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,10 @@ class ModelRegistry:
                 stamp = (path, path.stat().st_mtime if path.exists() else 0.0)
                 if stamp not in self._skipped:
                     self._skipped.add(stamp)
-                    logger.warning("not offering %s: %s", path, error)
+                    # a classifier beside its models (<model>_classifier.safetensors, the check's) is
+                    # expected there: not a model, and nothing for an operator to fix
+                    quiet = path.name.endswith(CLASSIFIER_SUFFIX)
+                    logger.log(logging.DEBUG if quiet else logging.WARNING, "not offering %s: %s", path, error)
         return models
 
     def _info(self, name: str, path: Path) -> ModelInfo:
@@ -113,8 +117,7 @@ class ModelRegistry:
             header = read_checkpoint_info(path)
             defaults = inference_defaults(header.get("training") or {})
             steps = trained_steps(header.get("training") or {})
-        except CheckpointError as error:
-            logger.warning("model %s (%s) is not usable: %s", name, path, error)
+        except CheckpointError as error:  # list() names it once; get()'s caller reports it
             reason = str(error).replace(str(path), path.name)
             raise UnknownModel(f"model {name!r} is not usable: {reason}") from None
         class_names = [str(item) for item in header["class_names"]]

@@ -3,6 +3,7 @@ its weights; cached weights serve the jobs queued for them even after the file i
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,20 @@ def test_weights_are_checked_against_the_spec_and_cached_by_hash(tmp_path: Path)
     second = spec_for(path)
     assert second.weights_sha256 != first.weights_sha256
     assert cache.for_spec(second).schedule.num_train_timesteps == 100
+
+
+def test_a_classifier_beside_the_models_is_left_out_quietly_and_a_bad_file_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shipped model directory holds mnist_classifier.safetensors beside the models: not a
+    model, and no warning at every start; any other unusable file is still named once."""
+    make_tiny_checkpoint(tmp_path / "mnist.safetensors")
+    shipped = Path(__file__).resolve().parents[2] / "checkpoints" / "mnist_classifier.safetensors"
+    (tmp_path / "mnist_classifier.safetensors").write_bytes(shipped.read_bytes())
+    (tmp_path / "broken.safetensors").write_bytes(b"not a checkpoint at all")
+    registry = ModelRegistry(Settings(_env_file=None, model_dir=str(tmp_path), default_model="mnist"))
+    with caplog.at_level(logging.DEBUG, logger="contract.registry"):
+        assert [model.name for model in registry.list()] == ["mnist"]
+        registry.list()
+    warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "broken.safetensors" in warnings[0]
