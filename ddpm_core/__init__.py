@@ -1,6 +1,7 @@
 """ddpm_core: denoising diffusion models in PyTorch.
 
-Schedules (:class:`NoiseSchedule`), samplers (:class:`DDPMSampler`, :class:`DDIMSampler`),
+Schedules (:class:`NoiseSchedule`), samplers (:class:`DDPMSampler`, :class:`DDIMSampler`,
+:class:`DPMSolverMultistepSampler`, :class:`UniPCSampler`),
 networks (:class:`UNet`, :class:`MLPDenoiser`), the generation loop (:func:`generate`), the
 trainer, data sets, safe checkpoints and rendering.
 
@@ -9,8 +10,7 @@ Attributes are imported lazily, so ``import ddpm_core.checkpoint_header`` stays 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ddpm_core.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -18,6 +18,8 @@ _EXPORTS = {
     "NoiseSchedule": "ddpm_core.schedule",
     "DDPMSampler": "ddpm_core.samplers",
     "DDIMSampler": "ddpm_core.samplers",
+    "DPMSolverMultistepSampler": "ddpm_core.samplers",
+    "UniPCSampler": "ddpm_core.samplers",
     "SamplerOutput": "ddpm_core.samplers",
     "make_sampler": "ddpm_core.samplers",
     "UNet": "ddpm_core.models",
@@ -44,14 +46,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ddpm_core' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,8 +6,7 @@ torch-free when imported through this package.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ddpm_core.lazy import lazy_exports
 
 _EXPORTS = {
     "load_npy_data": "ddpm_core.data.arrays",
@@ -31,14 +30,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ddpm_core.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

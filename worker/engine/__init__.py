@@ -19,8 +19,7 @@ counters) import without torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ddpm_core.lazy import lazy_exports
 
 _EXPORTS = {
     "Engine": "worker.engine.core",
@@ -38,10 +37,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'worker.engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
