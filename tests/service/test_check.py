@@ -19,7 +19,6 @@ from tests.service.conftest import (
     read_events,
     wait_job,
 )
-from tests.service.test_page import browser  # noqa: F401  (the headless Chromium fixture)
 
 TINY_DIGIT = 1  # the tiny untrained model's noise is never read as a 1 (asserted below)
 TINY_SEED = 11

@@ -40,9 +40,7 @@ def test_weights_are_checked_against_the_spec_and_cached_by_hash(tmp_path: Path)
     assert cache.for_spec(second).schedule.num_train_timesteps == 100
 
 
-def test_a_classifier_beside_the_models_is_left_out_quietly_and_a_bad_file_is_named(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_classifier_beside_the_models_is_left_out_quietly_and_a_bad_file_is_named(tmp_path: Path) -> None:
     """The shipped model directory holds mnist_classifier.safetensors beside the models: not a
     model, and no warning at every start; any other unusable file is still named once."""
     make_tiny_checkpoint(tmp_path / "mnist.safetensors")
@@ -50,8 +48,21 @@ def test_a_classifier_beside_the_models_is_left_out_quietly_and_a_bad_file_is_na
     (tmp_path / "mnist_classifier.safetensors").write_bytes(shipped.read_bytes())
     (tmp_path / "broken.safetensors").write_bytes(b"not a checkpoint at all")
     registry = ModelRegistry(Settings(_env_file=None, model_dir=str(tmp_path), default_model="mnist"))
-    with caplog.at_level(logging.DEBUG, logger="contract.registry"):
+    logger = logging.getLogger("contract.registry")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    level, disabled = logger.level, logger.disabled
+    logger.setLevel(logging.DEBUG)
+    logger.disabled = False  # other tests' logging setups may have disabled existing loggers
+    try:
         assert [model.name for model in registry.list()] == ["mnist"]
         registry.list()
-    warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.disabled = disabled
+    warnings = [record.getMessage() for record in records if record.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "broken.safetensors" in warnings[0]
+    assert any("mnist_classifier" in record.getMessage() for record in records if record.levelno == logging.DEBUG)
