@@ -153,7 +153,7 @@ def plot_sweep(rows: Sequence[SweepRow], path: str | Path, title: str) -> Path:
         axes.plot(steps, values, marker="o", label=line)
         for row, value in zip(chosen, values, strict=True):
             axes.annotate(
-                f"{row.seconds_per_sample * 1000:.3g} ms",
+                _milliseconds(row.seconds_per_sample),
                 (row.steps, value),
                 fontsize=7,
                 xytext=(3, 3),
@@ -174,6 +174,12 @@ def plot_sweep(rows: Sequence[SweepRow], path: str | Path, title: str) -> Path:
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def _milliseconds(seconds: float) -> str:
+    """'18.2 ms', '3925 ms': three significant figures, whole milliseconds from 100 up."""
+    milliseconds = seconds * 1000
+    return f"{milliseconds:.0f} ms" if milliseconds >= 100 else f"{milliseconds:.3g} ms"
 
 
 def markdown_table(rows: Sequence[SweepRow]) -> str:
