@@ -195,6 +195,22 @@ class BucketCompiler(threading.Thread):
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(self.cache_dir / "inductor"))
         log = self.cache_dir / "build.log"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        # the build computes on this machine's cores: the device thread leaves it one meanwhile
+        lender = target.engine.device_thread if target.forward.device.type == "cpu" else None
+        if lender is not None:
+            lender.lend_cores(1)
+        try:
+            status = self._build_in_child(command, env, log)
+        finally:
+            if lender is not None:
+                lender.lend_cores(0)
+        if status == EXIT_WEIGHTS_CHANGED:
+            raise BuildFailed(f"{target.loaded.path.name} was replaced; its old weights stay eager")
+        if status != 0:
+            raise BuildFailed(f"the bucket-{bucket} build exited with status {status}: {_last_error(log)}")
+
+    def _build_in_child(self, command: list[str], env: dict[str, str], log: Path) -> int:
+        """Run ``command`` at a lower priority, killed when the compiler stops; its exit status."""
         with log.open("ab") as output:
             self._build = subprocess.Popen(
                 command,
@@ -217,10 +233,7 @@ class BucketCompiler(threading.Thread):
                         raise BuildFailed("stopped") from None
         finally:
             self._build = None
-        if status == EXIT_WEIGHTS_CHANGED:
-            raise BuildFailed(f"{target.loaded.path.name} was replaced; its old weights stay eager")
-        if status != 0:
-            raise BuildFailed(f"the bucket-{bucket} build exited with status {status}: {_last_error(log)}")
+        return status
 
 
 def _kill_group(process: subprocess.Popen) -> None:

@@ -103,3 +103,49 @@ def test_one_engines_crash_fails_its_jobs_only(model) -> None:
     again = Engine(model, SCHEDULE, sample_shape=SHAPE, name="again", device_thread=device_thread)
     with again:
         assert again.submit(EngineRequest(n=1, sampler="ddim", steps=3)).result(WAIT).shape == (1, *SHAPE)
+
+
+class TurnCounter:
+    """An engine stand-in that records torch's thread count at each turn until told to stop."""
+
+    name = "counter"
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self.want = threading.Event()
+        self.turned = threading.Event()
+        self.done = False
+
+    def wants_turn(self) -> bool:
+        return self.done or self.want.is_set()
+
+    def turn(self) -> bool:
+        self.want.clear()
+        self.seen.append(torch.get_num_threads())
+        self.turned.set()
+        return not self.done
+
+    def step(self, device_thread: DeviceThread) -> int:
+        self.turned.clear()
+        self.want.set()
+        device_thread.wake()
+        assert self.turned.wait(WAIT)
+        return self.seen[-1]
+
+
+def test_lent_cores_narrow_the_team_until_they_are_given_back() -> None:
+    """While a bucket's build computes beside it, the device thread's OpenMP team is one
+    narrower (never under one), and as wide as configured again afterwards."""
+    device_thread = DeviceThread("test-device", torch_threads=2)
+    counter = TurnCounter()
+    counter.want.set()
+    device_thread.attach(counter)
+    assert counter.turned.wait(WAIT) and counter.seen[-1] == 2
+    device_thread.lend_cores(1)
+    assert counter.step(device_thread) == 1
+    device_thread.lend_cores(5)
+    assert counter.step(device_thread) == 1
+    device_thread.lend_cores(0)
+    assert counter.step(device_thread) == 2
+    counter.done = True
+    device_thread.wake()

@@ -220,6 +220,11 @@ class Engine:
         return snapshot
 
     @property
+    def device_thread(self) -> DeviceThread:
+        """The thread that drives this engine (shared with the other engines of its device)."""
+        return self._driver
+
+    @property
     def closed(self) -> bool:
         """Whether the engine stopped accepting jobs (closing, closed or crashed)."""
         return self._closing
