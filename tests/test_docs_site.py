@@ -79,7 +79,12 @@ def served(site: Path) -> Iterator[Served]:
         def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
             record.append((self.path, int(code) if str(code).isdigit() else 0))
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(site)))
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request, client_address) -> None:
+            if not isinstance(sys.exc_info()[1], ConnectionError):  # the browser closing early is no error
+                super().handle_error(request, client_address)
+
+    server = Server(("127.0.0.1", 0), functools.partial(Handler, directory=str(site)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
