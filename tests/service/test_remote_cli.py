@@ -124,7 +124,8 @@ def wait_running(http: httpx.Client, job_id: str) -> None:
     raise AssertionError(f"job {job_id} did not start: {job}")
 
 
-LONG = ["--digit", "3", "--n", "64", "--guidance", "2", "--sampler", "ddpm"]  # all 200 steps of 128 rows: seconds, never milliseconds
+# all 200 steps of 128 rows (64 guided samples): seconds, never milliseconds
+LONG = ["--digit", "3", "--n", "64", "--guidance", "2", "--sampler", "ddpm"]
 
 
 def test_ctrl_c_offers_to_cancel_the_job(keyed: str) -> None:
