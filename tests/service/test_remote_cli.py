@@ -54,7 +54,16 @@ def ddpm(*args: str, key: str | None = KEY, **popen) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DDPM_")}
     if key:
         env["DDPM_API_KEY"] = key
-    return subprocess.Popen([sys.executable, "-c", RUNNER, "generate", *args], cwd=REPO, env=env, text=True, **popen)
+    # as from a terminal: Ctrl-C interrupts, even where the test process was started ignoring it
+    # (a child inherits an ignored SIGINT, and Python then installs no KeyboardInterrupt handler)
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, "generate", *args],
+        cwd=REPO,
+        env=env,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **popen,
+    )
 
 
 def finished(process: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
