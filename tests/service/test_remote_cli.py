@@ -137,24 +137,12 @@ def wait_running(http: httpx.Client, job_id: str) -> None:
 LONG = ["--digit", "3", "--n", "64", "--guidance", "2", "--sampler", "ddpm"]
 
 
-@pytest.fixture
-def held(redis_server: EmbeddedRedis, model_dir: Path) -> Iterator[str]:
-    """An API with a key whose queue no worker consumes: its jobs wait, however fast the engine."""
-    env = service_env(redis_server.url, model_dir, DDPM_API_KEYS=KEY, DDPM_KEY_PREFIX="cli-held")
-    env["DDPM_QUEUE_NAME"] = "cli-held"
-    process, base = start_api(env, "api-cli-held.log")
-    try:
-        yield base
-    finally:
-        stop_process(process, "API")
-
-
-def test_ctrl_c_offers_to_cancel_the_job(held: str) -> None:
-    process = ddpm("--server", held, *LONG, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def test_ctrl_c_offers_to_cancel_the_job(keyed: str) -> None:
+    process = ddpm("--server", keyed, *LONG, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err = Drain(process.stderr)
-    with httpx.Client(base_url=held, timeout=30) as http:
+    with httpx.Client(base_url=keyed, timeout=30) as http:
         job_id = err.job_id()
-        time.sleep(0.5)  # the client follows the job's events now
+        wait_running(http, job_id)
         process.send_signal(signal.SIGINT)
         process.stdin.write("y\n")
         process.stdin.flush()
